@@ -1,0 +1,1 @@
+"""Pipeline graphs, options, the CLI and the output verifier of the Florenz data engine."""

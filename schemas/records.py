@@ -1,0 +1,112 @@
+"""Record types that flow between the pipeline's transforms.
+
+Image bytes are *not* carried through shuffles: records hold an `ImageRef` (a file, or a byte
+range inside a tar) and the shard writer reads the bytes again. That keeps every GroupByKey small,
+so memory does not grow with image volume. Parquet sources with embedded bytes are the exception
+(there is no cheap random access into a Parquet column), and carry them inline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import unicodedata
+from typing import Optional, Union
+
+TASK_CAPTION = "caption"
+TASK_TRANSLATION = "translation"
+TASKS = (TASK_CAPTION, TASK_TRANSLATION)
+
+SPLIT_TRAIN = "train"
+SPLIT_EVAL = "eval"
+SPLITS = (SPLIT_TRAIN, SPLIT_EVAL)
+
+# Image formats we keep, by PIL format name -> WebDataset member extension.
+IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """Where an image's bytes live: a whole file, a byte range of a file, or inline bytes."""
+
+    uri: str
+    offset: int = 0
+    length: int = -1  # -1: to the end of the file
+    inline: Optional[bytes] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRecord:
+    """One image and its raw English captions, as a source read them (nothing checked yet)."""
+
+    source: str
+    source_id: str
+    key: str
+    image: Optional[ImageRef]
+    captions: tuple[Union[str, bytes], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidImage:
+    """An image that decoded and passed the size rules, with its cleaned, accepted captions."""
+
+    source: str
+    source_id: str
+    key: str
+    image: ImageRef
+    image_format: str  # WebDataset extension: jpg, png, webp
+    width: int
+    height: int
+    sha256: str
+    captions: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """Why one input (an image, or a single caption of one) did not reach a shard."""
+
+    source: str
+    key: str
+    level: str  # "image" or "caption"
+    reason: str
+    detail: str = ""
+    captions: int = 0  # how many captions this rejection removes from the accounting
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+MAX_KEY_CHARS = 80  # tar member names past ~100 characters fail in the default tar format
+
+
+def sample_key(source: str, source_id: str) -> str:
+    """A WebDataset-safe sample key: no dots (the reader splits at the first one), short enough.
+
+    Where the id had to be changed to be safe, a hash of the original keeps keys unique.
+    """
+    safe = _KEY_UNSAFE.sub("_", source_id)
+    key = f"{source}_{safe}"
+    if safe != source_id or len(key) > MAX_KEY_CHARS:
+        digest = hashlib.sha1(source_id.encode("utf-8")).hexdigest()[:10]
+        key = f"{key[: MAX_KEY_CHARS - 11]}_{digest}"
+    return key
+
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFC, control and format characters removed, whitespace collapsed: the form we hash and store."""
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(
+        " " if ch in "\t\n\r\v\f" else ch
+        for ch in text
+        if ch in "\t\n\r\v\f" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+    )
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def text_hash(normalized: str) -> str:
+    """Stable key of an English text in the translation store (sha256 of its normalized UTF-8)."""
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()

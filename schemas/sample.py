@@ -1,0 +1,53 @@
+"""The shard sample layout: `<key>.<jpg|png|webp>` (original bytes) + `<key>.json` (UTF-8 JSON).
+
+The JSON holds the sample's metadata and its annotations, each
+`{"task": caption|translation, "lang": ..., "source": English text (translation only), "target": ...}`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+from schemas.records import TASK_CAPTION, TASKS
+
+JSON_EXTENSION = "json"
+
+
+def task_language(task: str, lang: str) -> str:
+    """The task-language key ("caption-de", "translation-fr") used in counts and for balancing."""
+    return f"{task}-{lang}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotation:
+    task: str
+    lang: str
+    target: str
+    source: Optional[str] = None  # the English text, for translation
+
+    def to_json(self) -> dict[str, str]:
+        out = {"task": self.task, "lang": self.lang, "target": self.target}
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "Annotation":
+        if raw.get("task") not in TASKS:
+            raise ValueError(f"unknown task {raw.get('task')!r}")
+        if raw["task"] != TASK_CAPTION and not raw.get("source"):
+            raise ValueError("a translation annotation needs its source text")
+        return cls(task=raw["task"], lang=raw["lang"], target=raw["target"], source=raw.get("source"))
+
+
+def encode_sample_json(metadata: dict[str, Any], annotations: list[Annotation]) -> bytes:
+    """Readable, deterministic JSON (sorted keys, non-ASCII kept as UTF-8)."""
+    body = dict(metadata, annotations=[a.to_json() for a in annotations])
+    return json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def decode_sample_json(data: bytes) -> tuple[dict[str, Any], list[Annotation]]:
+    body = json.loads(data.decode("utf-8"))
+    annotations = [Annotation.from_json(a) for a in body.pop("annotations")]
+    return body, annotations

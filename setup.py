@@ -1,0 +1,30 @@
+"""Florenz data engine: Beam pipeline -> WebDataset shards, and the Florenz training side."""
+from setuptools import find_packages, setup
+
+PIPELINE = [
+    "apache-beam==2.77.*",
+    "webdataset==1.0.2",
+    "pyarrow>=17",
+    "pillow>=10",
+    "pyyaml>=6",
+]
+
+setup(
+    name="florenz-data",
+    version="0.1.0",
+    description="Florenz data engine: translated, coverage-controlled WebDataset shards for "
+    "studying unseen task-language generalization (arXiv 2503.09443).",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline*", "model*", "transforms*", "schemas*"]),
+    install_requires=PIPELINE,
+    extras_require={
+        "pipeline": PIPELINE,
+        "train": ["torch==2.14.1", "torchvision==0.29.1", "transformers>=5,<6", "sacrebleu>=2.4"],
+        # vLLM lives in its own environment on CPU machines (see README); on GPU workers it is
+        # installed beside the pipeline.
+        "vllm": ["vllm"],
+        "gcp": ["apache-beam[gcp]==2.77.*"],
+        "dev": ["pytest>=8", "pytest-timeout>=2"],
+    },
+    entry_points={"console_scripts": ["florenz-data=pipeline.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""Beam PTransforms and DoFns of the Florenz data engine, one concern each."""

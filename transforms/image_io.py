@@ -1,0 +1,17 @@
+"""Reading image bytes behind an ImageRef through Beam's FileSystems (local paths, gs://, ...)."""
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.records import ImageRef
+
+
+def read_image_bytes(ref: ImageRef) -> bytes:
+    """The image's bytes; raises OSError (FileNotFoundError for a missing file) when unreadable."""
+    if ref.inline is not None:
+        return ref.inline
+    with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
+        if ref.offset:
+            f.seek(ref.offset)
+        data = f.read() if ref.length < 0 else f.read(ref.length)
+    if ref.length >= 0 and len(data) != ref.length:
+        raise OSError(f"{ref.uri}: expected {ref.length} bytes at offset {ref.offset}, got {len(data)}")
+    return data

@@ -1,0 +1,107 @@
+"""Validation: the image must fully decode (PIL load, not just open) and be large enough; captions
+are cleaned and length-checked. Every refusal becomes a Rejection with a reason, never a silent drop."""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from typing import Iterator, Optional, Union
+
+import apache_beam as beam
+from PIL import Image
+
+from schemas.config import ValidationRules
+from schemas.records import IMAGE_EXTENSIONS, Rejection, SourceRecord, ValidImage, normalize_text
+from transforms.image_io import read_image_bytes
+
+REJECTED = "rejected"
+
+
+def check_caption(raw: Union[str, bytes], rules: ValidationRules) -> tuple[Optional[str], str]:
+    """(cleaned caption, "") when accepted, else (None, reason)."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "caption_not_utf8"
+    if not isinstance(raw, str):
+        return None, "caption_not_text"
+    text = normalize_text(raw)
+    if not text:
+        return None, "caption_empty"
+    if len(text) < rules.min_caption_chars:
+        return None, "caption_too_short"
+    if len(text) > rules.max_caption_chars:
+        return None, "caption_too_long"
+    return text, ""
+
+
+def inspect_image(data: bytes, rules: ValidationRules) -> tuple[Optional[tuple[str, int, int]], str, str]:
+    """((extension, width, height), "", "") for a usable image, else (None, reason, detail)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > rules.max_pixels:
+                    return None, "image_too_large", f"{width}x{height}"
+                fmt = img.format
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return None, "image_too_large", str(e)
+    except Exception as e:  # PIL raises many types for bad data: all mean "does not decode"
+        return None, "image_undecodable", f"{type(e).__name__}: {e}"
+    if fmt not in IMAGE_EXTENSIONS:
+        return None, "image_format_unsupported", str(fmt)
+    if min(width, height) < rules.min_side:
+        return None, "image_too_small", f"{width}x{height} < {rules.min_side}"
+    return (IMAGE_EXTENSIONS[fmt], width, height), "", ""
+
+
+class ValidateRecord(beam.DoFn):
+    """SourceRecord -> ValidImage on the main output; Rejections (image or caption) on `rejected`."""
+
+    def __init__(self, rules: ValidationRules):
+        self.rules = rules
+
+    def process(self, record: SourceRecord) -> Iterator:
+        valid, rejected = self.check(record)
+        for r in rejected:
+            beam.metrics.Metrics.counter("validate", r.reason).inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, r)
+        if valid is not None:
+            yield valid
+
+    def check(self, record: SourceRecord) -> tuple[Optional[ValidImage], list[Rejection]]:
+        """The valid image (or None) and every rejection; each caption is accounted exactly once."""
+        def image_rejected(reason: str, detail: str = "", captions: int = len(record.captions)):
+            return None, [Rejection(record.source, record.key, "image", reason, detail, captions)]
+
+        if record.image is None:
+            return image_rejected("image_missing", "no image in the source record")
+        try:
+            data = read_image_bytes(record.image)
+        except FileNotFoundError as e:
+            return image_rejected("image_missing", str(e))
+        except Exception as e:  # Beam wraps filesystem errors in BeamIOError
+            missing = "No such file" in str(e) or "not found" in str(e).lower()
+            return image_rejected("image_missing" if missing else "image_unreadable", str(e)[:300])
+        info, reason, detail = inspect_image(data, self.rules)
+        if info is None:
+            return image_rejected(reason, detail)
+        accepted: list[str] = []
+        rejected: list[Rejection] = []
+        for i, raw in enumerate(record.captions):
+            text, reason = check_caption(raw, self.rules)
+            if text is not None and text in accepted:
+                text, reason = None, "caption_duplicate"
+            if text is None:
+                rejected.append(Rejection(record.source, f"{record.key}#c{i}", "caption", reason, captions=1))
+            else:
+                accepted.append(text)
+        if not accepted:
+            _, image = image_rejected("no_valid_caption", captions=0)
+            return None, rejected + image
+        ext, width, height = info
+        return ValidImage(record.source, record.source_id, record.key, record.image, ext, width, height,
+                          hashlib.sha256(data).hexdigest(), tuple(accepted)), rejected
