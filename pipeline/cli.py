@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     rest = [a for a in rest if a != "--"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # keep our progress lines readable
     try:
         return args.run(args, rest)
     except ConfigError as e:

@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import Iterator, Union
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.config import CocoSource, ParquetSource, SourceSpec, WebDatasetSource
@@ -134,7 +135,7 @@ class ReadSource(beam.PTransform):
             raw = (pbegin | "Spec" >> beam.Create([spec]) | "ParseCoco" >> beam.FlatMap(parse_coco))
         elif isinstance(spec, WebDatasetSource):
             raw = (pbegin
-                   | "Match" >> beam.io.fileio.MatchFiles(spec.urls)
+                   | "Match" >> fileio.MatchFiles(spec.urls)
                    | "Urls" >> beam.Map(lambda m: m.path)
                    | "SpreadUrls" >> beam.Reshuffle()
                    | "ParseTars" >> beam.FlatMap(lambda url, s=spec: parse_webdataset_tar(s, url)))

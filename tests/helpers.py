@@ -1,0 +1,91 @@
+"""Shared test helpers: locating ../shared/data, writing configs and stores, running the build."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FLORENZ_SHARED_DATA", REPO.parent / "shared" / "data"))
+COCO_SAMPLE = SHARED_DATA / "coco-val2017-sample"
+
+PAPER_PLAN = {
+    "languages": ["en", "de", "fr", "es", "ru", "zh"],
+    "caption_languages": ["en", "de"],
+    "translation_languages": ["de", "fr", "es", "ru", "zh"],
+    "eval_fraction": 0.0,
+    "seed": 0,
+    "shard_size": 16,
+}
+
+
+def require_coco_sample() -> Path:
+    if not (COCO_SAMPLE / "captions.json").exists():
+        pytest.skip(f"real COCO sample not found at {COCO_SAMPLE} (set FLORENZ_SHARED_DATA)")
+    return COCO_SAMPLE
+
+
+def coco_captions() -> dict[str, Any]:
+    return json.loads((require_coco_sample() / "captions.json").read_text())
+
+
+def write_config(tmp: Path, sources: list[dict], plan: dict | None = None, **extra: Any) -> Path:
+    config = {"output": str(tmp / "out"), "sources": sources,
+              "store": {"path": str(tmp / "store"), "fingerprint": "test-fp"},
+              "plan": plan or PAPER_PLAN, **extra}
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def coco_source(name: str = "coco", root: Path | None = None) -> dict:
+    root = root or require_coco_sample()
+    return {"name": name, "type": "coco", "captions": str(root / "captions.json"), "images": str(root / "images")}
+
+
+def fake_translation(text: str, lang: str) -> str:
+    """Store fixture content: the shard builder only joins translations, it does not judge them."""
+    return f"[{lang}] {text}"
+
+
+def fill_store(store: Path, texts: Iterable[str], languages: Iterable[str],
+               skip: set[tuple[str, str]] = frozenset(), fingerprint: str = "test-fp") -> None:
+    """Write one store part with a translation of each normalized text, except the (text, lang) in skip."""
+    from schemas.records import normalize_text, text_hash
+    from transforms.translation_store import write_store_part
+
+    rows = []
+    for text in sorted(set(normalize_text(t) for t in texts)):
+        for lang in languages:
+            if (text, lang) not in skip:
+                rows.append({"text_hash": text_hash(text), "lang": lang, "fingerprint": fingerprint,
+                             "source_text": text, "translation": fake_translation(text, lang),
+                             "status": "accepted", "reason": None})
+    write_store_part(str(store), rows)
+
+
+def run_build(config_path: Path) -> dict:
+    """Run the build graph on Beam's DirectRunner through TestPipeline; returns stats.json."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipeline.build import build_shards
+    from schemas.config import load_config
+    from transforms.finalize import clear_run_markers
+
+    config = load_config(str(config_path))
+    clear_run_markers(config.output)
+    with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        build_shards(p, config)
+    return json.loads(Path(config.output, "stats.json").read_text())
+
+
+def copy_images(names: Iterable[str], dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(require_coco_sample() / "images" / name, dest / name)
