@@ -7,6 +7,9 @@ PIPELINE = [
     "pyarrow>=17",
     "pillow>=10",
     "pyyaml>=6",
+    "langdetect==1.0.9",
+    "openai>=1.40",
+    "sacrebleu>=2.4",
 ]
 
 setup(

@@ -1,19 +1,33 @@
-"""The build graph: sources -> validation -> unique keys -> coverage (with the translation store)
--> shards -> manifest, indexes, rejects and stats."""
+"""The pipeline graphs.
+
+    build:     sources -> validation -> unique keys -> store lookup -> coverage -> shards + metadata
+    run:       the same, with the store's misses translated by vLLM on the way
+    translate: sources -> validation -> unique keys -> store lookup -> vLLM -> store (no shards)
+"""
 from __future__ import annotations
+
+import dataclasses
+from typing import Optional
 
 import apache_beam as beam
 
-from schemas.config import RunConfig
+from schemas.config import RunConfig, TranslatorConfig
 from schemas.records import Rejection, SourceRecord
 from transforms.coverage import AssignCoverage
 from transforms.dedup import DedupKeys
-from transforms.finalize import WriteRunMetadata
+from transforms.finalize import WriteRunMetadata, WriteTranslationStats
 from transforms.shard_writer import WriteShard
 from transforms.sharding import AssignShards
 from transforms.sources import ReadSource
-from transforms.translation_store import ReadTranslations
+from transforms.translate import TranslateTexts
 from transforms.validate import REJECTED, ValidateRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidatedInputs:
+    images: beam.PCollection  # ValidImage, unique keys
+    read_counts: beam.PCollection  # (source, (images, captions))
+    rejections: beam.PCollection  # Rejection
 
 
 def _read_count(element: SourceRecord | Rejection) -> tuple[str, tuple[int, int]]:
@@ -31,8 +45,8 @@ def _sum_pairs(pairs) -> tuple[int, int]:
     return images, captions
 
 
-def build_shards(p: beam.Pipeline, config: RunConfig) -> beam.PCollection:
-    """Add the whole build to `p`; returns the PCollection holding the run's stats dict."""
+def read_inputs(p: beam.Pipeline, config: RunConfig) -> ValidatedInputs:
+    """Every source, validated and with unique keys; what was read and what was rejected."""
     read = [p | ReadSource(spec) for spec in config.sources]
     records = [r["records"] for r in read] | "AllRecords" >> beam.Flatten()
     source_rejects = [r["rejected"] for r in read] | "SourceRejects" >> beam.Flatten()
@@ -43,12 +57,32 @@ def build_shards(p: beam.Pipeline, config: RunConfig) -> beam.PCollection:
     validated = records | "Validate" >> beam.ParDo(ValidateRecord(config.validation)).with_outputs(
         REJECTED, main="valid")
     unique = validated.valid | "UniqueKeys" >> DedupKeys()
-    store = p | "ReadStore" >> ReadTranslations(config.store, config.plan.translation_languages)
-    shards = ((unique.images, store)
+    rejections = ((source_rejects, validated[REJECTED], unique[REJECTED])
+                  | "AllRejections" >> beam.Flatten())
+    return ValidatedInputs(unique.images, read_counts, rejections)
+
+
+def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[TranslatorConfig]) -> dict:
+    texts = inputs.images | "EnglishTexts" >> beam.FlatMap(lambda im: im.captions)
+    return texts | "Translations" >> TranslateTexts(config.store, translator, config.plan.translation_languages)
+
+
+def build_shards(p: beam.Pipeline, config: RunConfig, translate: bool = False) -> beam.PCollection:
+    """Add the whole build to `p` (translating store misses when `translate`); returns the stats."""
+    inputs = read_inputs(p, config)
+    translated = _translate(inputs, config, config.translator if translate else None)
+    shards = ((inputs.images, translated["translations"])
               | "Coverage" >> AssignCoverage(config.plan)
               | "AssignShards" >> AssignShards(config.plan.shard_size)
               | "GroupShards" >> beam.GroupByKey()
               | "WriteShards" >> beam.ParDo(WriteShard(config.output)))
-    rejections = ((source_rejects, validated[REJECTED], unique[REJECTED])
-                  | "AllRejections" >> beam.Flatten())
-    return (shards, read_counts, rejections) | "Finalize" >> WriteRunMetadata(config)
+    return ((shards, inputs.read_counts, inputs.rejections, translated["summary"])
+            | "Finalize" >> WriteRunMetadata(config))
+
+
+def translate_store(p: beam.Pipeline, config: RunConfig) -> beam.PCollection:
+    """Fill the store for every caption the sources hold; returns the translation summary."""
+    if config.translator is None:
+        raise ValueError("translate needs a `translator` section in the config")
+    translated = _translate(read_inputs(p, config), config, config.translator)
+    return translated["summary"] | "WriteStats" >> beam.ParDo(WriteTranslationStats(config.output))

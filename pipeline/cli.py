@@ -1,38 +1,77 @@
-"""`florenz-data`: build shards from a run config, and verify an output folder.
+"""`florenz-data`: build shards, translate captions, verify outputs, evaluate a translator.
 
-    florenz-data build CONFIG [beam options...]   e.g. --direct_num_workers 2, --runner DataflowRunner
-    florenz-data verify OUTPUT
+    florenz-data build CONFIG [beam options]       shards from the sources + translation store
+    florenz-data translate CONFIG [beam options]   fill the store only (vLLM translator)
+    florenz-data run CONFIG [beam options]         translate the store's misses and build, in one pipeline
+    florenz-data verify OUTPUT                     re-read an output and check every invariant
+    florenz-data eval-translator CONFIG --reference multi30k:de   BLEU/chrF + rejection rates
+
+Beam options pass through: --direct_num_workers 2 --direct_running_mode multi_processing,
+--runner DataflowRunner ..., --runner PrismRunner --prism_location BINARY.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 
 from schemas.errors import ConfigError
 
 
-def _build(args: argparse.Namespace, beam_args: list[str]) -> int:
+def _beam_args(rest: list[str]) -> list[str]:
+    rest = [a for a in rest if a != "--"]
+    if not any(a.startswith("--runner") for a in rest):
+        rest = ["--runner", "DirectRunner", *rest]
+    return rest
+
+
+def _load(args: argparse.Namespace):
+    from schemas.config import load_config
+
+    config = load_config(args.config)
+    if getattr(args, "retry_rejected", False):
+        if config.translator is None:
+            raise ConfigError("translator", "--retry-rejected needs a translator")
+        config = dataclasses.replace(config, translator=dataclasses.replace(config.translator, retry_rejected=True))
+    return config
+
+
+def _pipeline(args: argparse.Namespace, rest: list[str], build) -> dict:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.build import build_shards
-    from schemas.config import load_config
-    from transforms.finalize import STATS, clear_run_markers
+    from transforms.finalize import clear_run_markers
 
-    config = load_config(args.config)
-    if not any(a.startswith("--runner") for a in beam_args):
-        beam_args = ["--runner", "DirectRunner", *beam_args]
-    options = PipelineOptions(beam_args)
+    config = _load(args)
     clear_run_markers(config.output)
-    logging.info("building %s from %d source(s) into %s", args.config, len(config.sources), config.output)
-    with beam.Pipeline(options=options) as p:
-        build_shards(p, config)
-    with open(f"{config.output}/{STATS}", encoding="utf-8") as f:
-        stats = json.load(f)
+    logging.info("%s: %s, %d source(s) -> %s", args.command, args.config, len(config.sources), config.output)
+    with beam.Pipeline(options=PipelineOptions(_beam_args(rest))) as p:
+        build(p, config)
+    return config
+
+
+def _build(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipeline.build import build_shards
+    from transforms.finalize import STATS
+
+    translate = args.command == "run"
+    config = _pipeline(args, rest, lambda p, c: build_shards(p, c, translate=translate))
+    stats = json.loads(Path(config.output, STATS).read_text(encoding="utf-8"))
     _print_summary(stats)
     return 0 if stats["images"]["balanced"] and stats["captions"]["balanced"] else 1
+
+
+def _translate(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipeline.build import translate_store
+    from transforms.finalize import TRANSLATION_STATS
+
+    config = _pipeline(args, rest, translate_store)
+    summary = json.loads(Path(config.output, TRANSLATION_STATS).read_text(encoding="utf-8"))
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _print_summary(stats: dict) -> None:
@@ -44,6 +83,7 @@ def _print_summary(stats: dict) -> None:
         print(f"{split:<6} {s['images']} images in {s['shards']} shards: {cells}")
         if s["missing_translation"]:
             print(f"{'':<6} missing_translation: {s['missing_translation']}")
+    print("translation:", json.dumps(stats.get("translation", {})))
 
 
 def _verify(args: argparse.Namespace, _: list[str]) -> int:
@@ -59,23 +99,56 @@ def _verify(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def _eval_translator(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipeline.eval_translator import DEFAULT_MULTI30K, evaluate_translator, read_multi30k
+
+    config = _load(args)
+    if config.translator is None:
+        raise ConfigError("translator", "eval-translator needs a translator section")
+    corpus, _, lang = args.reference.partition(":")
+    if corpus != "multi30k" or not lang:
+        raise ConfigError("--reference", "expected multi30k:<lang>, e.g. multi30k:de")
+    pairs = read_multi30k(Path(args.multi30k or DEFAULT_MULTI30K), lang, args.split, args.limit)
+    report = evaluate_translator(config.translator, pairs, lang, _beam_args(rest))
+    report.update(reference=args.reference, split=args.split, model=config.translator.model)
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="florenz-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build WebDataset shards from a run config")
-    build.add_argument("config")
-    build.set_defaults(run=_build)
+    for name, run, help_text in (("build", _build, "build shards from the sources and the translation store"),
+                                 ("run", _build, "translate the store's misses, then build shards"),
+                                 ("translate", _translate, "fill the translation store only")):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("config")
+        if name != "build":
+            command.add_argument("--retry-rejected", action="store_true",
+                                 help="translate again what the store holds as rejected")
+        command.set_defaults(run=run)
     verify = sub.add_parser("verify", help="check an output folder's invariants")
     verify.add_argument("output")
     verify.add_argument("--decode", action="store_true", help="also decode every image")
     verify.set_defaults(run=_verify)
+    evaluate = sub.add_parser("eval-translator", help="BLEU/chrF and rejection rates on a parallel test set")
+    evaluate.add_argument("config")
+    evaluate.add_argument("--reference", required=True, help="multi30k:<lang> (de, fr, cs)")
+    evaluate.add_argument("--split", default="test_2016_flickr", help="multi30k split (train, val, test_2016_flickr)")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N pairs only")
+    evaluate.add_argument("--multi30k", default=None, help="Multi30K folder (default ../shared/data/multi30k)")
+    evaluate.add_argument("--out", default=None, help="also write the report JSON here")
+    evaluate.set_defaults(run=_eval_translator)
     args, rest = parser.parse_known_args(argv)
     if args.command == "verify" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    rest = [a for a in rest if a != "--"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # keep our progress lines readable
+    for noisy in ("apache_beam", "httpx", "openai"):  # keep our progress lines readable
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.run(args, rest)
     except ConfigError as e:

