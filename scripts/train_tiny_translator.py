@@ -133,6 +133,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--untrained", action="store_true", help="save the random model: its output is garbage")
+    parser.add_argument("--hidden", type=int, default=128, help="model width (a larger random model for benchmarks)")
+    parser.add_argument("--layers", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -141,8 +143,9 @@ def main() -> None:
               for strict in (False, True)] + [refs[lang] for _, refs in pairs for lang in LANGS]
     tokenizer = build_tokenizer(corpus, vocab_size=3000)
     # head_dim 32: vLLM's CPU attention kernels support only some head sizes (40 fails).
-    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=3,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                          num_hidden_layers=args.layers, num_attention_heads=args.hidden // 32,
+                          num_key_value_heads=max(1, args.hidden // 64), head_dim=32, max_position_embeddings=512,
                           sliding_window=512, query_pre_attn_scalar=32, pad_token_id=tokenizer.pad_token_id,
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                           torch_dtype="float32")

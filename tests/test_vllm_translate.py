@@ -157,3 +157,23 @@ def test_killed_translation_resumes_and_resends_at_most_the_batches_in_flight(tm
     assert 0 <= resent <= 2 * 8, (sent_before_kill, resumed, len(parts))  # at most the batches in flight
     final = sorted((r["text_hash"], r["lang"], r["translation"]) for r in stored(killed_dir / "store"))
     assert final == expected
+
+
+def test_eval_translator_scores_bleu_chrf_and_rejection_rates(tmp_path, trained):
+    from pipeline.eval_translator import evaluate_translator
+    from schemas.config import load_config
+
+    model, url = trained
+    config = config_for(tmp_path, model, url, captions_from(model, 1))
+    translator = load_config(str(config)).translator
+    pairs = [(p["en"], p["reference"]) for p in memorized_pairs(model) if p["lang"] == "de"][:30]
+    report = evaluate_translator(translator, pairs, "de", ["--runner=DirectRunner"])
+    assert report["outcomes"] == {"accepted": 30} and report["acceptance_rate"] == 1.0
+    assert report["all"]["bleu"] == pytest.approx(100.0) and report["all"]["chrf"] == pytest.approx(100.0)
+
+    out = tmp_path / "report.json"
+    subprocess.run([CLI, "eval-translator", str(config), "--reference", "multi30k:fr", "--split", "test_2016_flickr",
+                    "--limit", "20", "--out", str(out)], check=True, capture_output=True, timeout=600)
+    unseen = json.loads(out.read_text())
+    assert unseen["pairs"] == 20 and sum(unseen["outcomes"].values()) == unseen["unique_sources"] == 20
+    assert unseen["all"]["bleu"] < 20  # the tiny model never saw these sentences: mostly rejected garbage
