@@ -12,7 +12,6 @@ Beam options pass through: --direct_num_workers 2 --direct_running_mode multi_pr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -31,11 +30,16 @@ def _beam_args(rest: list[str]) -> list[str]:
 def _load(args: argparse.Namespace):
     from schemas.config import load_config
 
-    config = load_config(args.config)
+    overrides = {}
+    if getattr(args, "endpoint", None):
+        overrides["endpoints"] = args.endpoint
+    if getattr(args, "model", None):
+        overrides["model"] = args.model
     if getattr(args, "retry_rejected", False):
-        if config.translator is None:
-            raise ConfigError("translator", "--retry-rejected needs a translator")
-        config = dataclasses.replace(config, translator=dataclasses.replace(config.translator, retry_rejected=True))
+        overrides["retry_rejected"] = True
+    config = load_config(args.config, overrides)
+    if overrides and config.translator is None:
+        raise ConfigError("translator", "--endpoint/--model/--retry-rejected need a translator")
     return config
 
 
@@ -118,6 +122,12 @@ def _eval_translator(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _translator_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--endpoint", action="append", default=None,
+                         help="URL of a vLLM server you run (http://host:8000/v1); repeat to spread requests")
+    command.add_argument("--model", default=None, help="the model that server serves (vllm serve MODEL)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="florenz-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         command = sub.add_parser(name, help=help_text)
         command.add_argument("config")
         if name != "build":
+            _translator_flags(command)
             command.add_argument("--retry-rejected", action="store_true",
                                  help="translate again what the store holds as rejected")
         command.set_defaults(run=run)
@@ -137,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     verify.set_defaults(run=_verify)
     evaluate = sub.add_parser("eval-translator", help="BLEU/chrF and rejection rates on a parallel test set")
     evaluate.add_argument("config")
+    _translator_flags(evaluate)
     evaluate.add_argument("--reference", required=True, help="multi30k:<lang> (de, fr, cs)")
     evaluate.add_argument("--split", default="test_2016_flickr", help="multi30k split (train, val, test_2016_flickr)")
     evaluate.add_argument("--limit", type=int, default=None, help="first N pairs only")

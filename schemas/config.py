@@ -145,12 +145,19 @@ class RunConfig:
                    translator=translator)
 
 
-def load_config(path: str) -> RunConfig:
-    """Read and validate a run config file."""
+def load_config(path: str, translator_overrides: Optional[Mapping[str, Any]] = None) -> RunConfig:
+    """Read and validate a run config file; `translator_overrides` (from the command line) replace
+    keys of its translator section before validation, so the fingerprint follows them."""
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
     if not isinstance(raw, Mapping):
         raise ConfigError("(top level)", f"{path} does not hold a mapping")
+    if translator_overrides:
+        translator = dict(raw.get("translator") or {})
+        translator.update(translator_overrides)
+        if "endpoints" in translator_overrides:
+            translator.pop("managed", None)
+        raw = {**raw, "translator": translator}
     return RunConfig.from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -81,7 +81,10 @@ def main() -> None:
                                                          "message": {"role": "assistant", "content": answer}}],
                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
-    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256  # the default backlog of 5 refuses bursts, which the client counts as sent
+
+    Server((args.host, args.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -177,3 +177,25 @@ def test_eval_translator_scores_bleu_chrf_and_rejection_rates(tmp_path, trained)
     unseen = json.loads(out.read_text())
     assert unseen["pairs"] == 20 and sum(unseen["outcomes"].values()) == unseen["unique_sources"] == 20
     assert unseen["all"]["bleu"] < 20  # the tiny model never saw these sentences: mostly rejected garbage
+
+
+def _vllm_servers_running() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "vllm.entrypoints.openai.api_server" in line and "--host" in line
+            and "127.0.0.1" in line and "tiny-translator" in line and "managed-marker" in line]
+
+
+def test_managed_server_is_started_shared_and_stopped_by_the_pipeline(tmp_path):
+    from tests.vllm_support import SERVER_ARGS, VLLM_PYTHON
+
+    model = tiny_translator()
+    managed = {"command": [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server"],
+               "args": [*SERVER_ARGS, "--served-model-name", str(model), "managed-marker"],
+               "share_across_processes": True}
+    captions = captions_from(model, 4)
+    config = write_config(tmp_path, [caption_parquet_source(tmp_path, captions)], PLAN,
+                          translator={"model": str(model), "managed": managed, "batch_size": 8})
+    subprocess.run([CLI, "translate", str(config)], check=True, capture_output=True, timeout=900)
+    summary = json.loads((tmp_path / "out" / "translation_stats.json").read_text())
+    assert summary["translated"] == 16 and summary["accepted"] == 16
+    assert _vllm_servers_running() == []  # the worker's server went away with the pipeline
