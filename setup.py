@@ -22,12 +22,14 @@ setup(
     install_requires=PIPELINE,
     extras_require={
         "pipeline": PIPELINE,
-        "train": ["torch==2.14.1", "torchvision==0.29.1", "transformers>=5,<6", "sacrebleu>=2.4"],
+        "train": ["torch==2.14.1", "torchvision==0.29.1", "transformers>=5,<6", "safetensors>=0.4", "tokenizers>=0.20",
+                  "sacrebleu>=2.4", "pycocoevalcap==1.2", "tqdm>=4.60"],
         # vLLM lives in its own environment on CPU machines (see README); on GPU workers it is
         # installed beside the pipeline.
         "vllm": ["vllm"],
         "gcp": ["apache-beam[gcp]==2.77.*"],
         "dev": ["pytest>=8", "pytest-timeout>=2"],
     },
-    entry_points={"console_scripts": ["florenz-data=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["florenz-data=pipeline.cli:main", "florenz-train=model.train:main",
+                                     "florenz-eval=model.evaluate:main"]},
 )

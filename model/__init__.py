@@ -1,0 +1,1 @@
+"""Florenz: the model family, the shard loader, the training loop, evaluation and scaling-law fits."""

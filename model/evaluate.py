@@ -1,0 +1,124 @@
+"""florenz-eval CONFIG: generate on the eval shards and score every task × language.
+
+Translation: BLEU and chrF (sacrebleu; the "zh" tokenizer for Chinese) against the stored translation.
+Captioning: CIDEr-D (pycocoevalcap's scorer) against all of the image's captions in that language, with
+a light tokenization (lower case, punctuation removed; characters for Chinese) instead of the Java PTB
+tokenizer. Held-out caption languages are scored like the others: that is the unseen-pair result.
+Writes a results JSON (per key, and per test set: seen/unseen captioning, seen translation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import sacrebleu
+import torch
+from pycocoevalcap.cider.cider import Cider
+
+from model.checkpoint import latest_checkpoint
+from model.data import Collator, Example, eval_examples, image_transform, shard_urls
+from model.eval_loss import _batches, output_plan, test_sets
+from model.generate import generate
+from model.modeling import FlorenzModel
+from model.factory import load_tokenizers
+from model.train_config import TrainConfig, load_train_config
+from schemas.records import TASK_CAPTION
+from schemas.sample import task_language
+
+_PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+def caption_tokens(text: str, lang: str) -> str:
+    text = _PUNCTUATION.sub(" ", text.lower())
+    return " ".join(text.replace(" ", "")) if lang in ("zh", "ja") else " ".join(text.split())
+
+
+def score_key(task: str, lang: str, hypotheses: dict[str, str], references: dict[str, list[str]]) -> dict:
+    ids = sorted(hypotheses)
+    if task == TASK_CAPTION:
+        gts = {i: [caption_tokens(r, lang) for r in references[i]] for i in ids}
+        res = {i: [caption_tokens(hypotheses[i], lang)] for i in ids}
+        cider, _ = Cider().compute_score(gts, res)
+        return {"n": len(ids), "cider": 100 * float(cider)}
+    hyps = [hypotheses[i] for i in ids]
+    refs = [[references[i][0] for i in ids]]
+    bleu = sacrebleu.corpus_bleu(hyps, refs, tokenize="zh" if lang == "zh" else "13a")
+    return {"n": len(ids), "bleu": bleu.score, "chrf": sacrebleu.corpus_chrf(hyps, refs).score}
+
+
+def evaluate(config: TrainConfig, checkpoint: Path, num_beams: int, use_prefix: bool, max_images: int,
+             max_new_tokens: int, batch_size: int) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = FlorenzModel.from_pretrained(checkpoint / "model", device=device).eval()
+    encoder_tokenizer, decoder_tokenizer = load_tokenizers(config.model)
+    collator = Collator(encoder_tokenizer, decoder_tokenizer, config.data.max_prompt_tokens,
+                        config.data.max_target_tokens, use_prefix)
+    sets = test_sets(output_plan(config.data.output))
+    # One hypothesis per (image, key): the first annotation of that key is the input; all are references.
+    inputs: dict[str, list[Example]] = defaultdict(list)
+    references: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    seen: set[tuple[str, str]] = set()
+    for example in eval_examples(shard_urls(config.data.output, "eval"), image_transform(config.data.image_size),
+                                 set().union(*sets.values()), max_images):
+        key = task_language(example.annotation.task, example.annotation.lang)
+        item = example.key if example.annotation.task == TASK_CAPTION else f"{example.key}|{example.annotation.source}"
+        references[key][item].append(example.annotation.target)
+        if (key, item) not in seen:
+            seen.add((key, item))
+            inputs[key].append(example)
+    results: dict = {"checkpoint": str(checkpoint), "beams": num_beams, "decoder_prefix": use_prefix, "keys": {}}
+    for key, examples in sorted(inputs.items()):
+        hypotheses = {}
+        for batch in _batches(examples, batch_size):
+            tensors = collator(batch)
+            rows = generate(model, tensors["pixel_values"].to(device), tensors["input_ids"].to(device),
+                            tensors["attention_mask"].to(device), collator.decoder_start(batch[0].annotation),
+                            decoder_tokenizer.eos_token_id, num_beams, max_new_tokens)
+            for example, row in zip(batch, rows):
+                item = example.key if example.annotation.task == TASK_CAPTION else \
+                    f"{example.key}|{example.annotation.source}"
+                hypotheses[item] = decoder_tokenizer.decode(row, skip_special_tokens=True).strip()
+        task, lang = key.split("-", 1)
+        results["keys"][key] = {**score_key(task, lang, hypotheses, references[key]),
+                                "examples": [{"id": i, "hypothesis": h, "references": references[key][i]}
+                                             for i, h in sorted(hypotheses.items())[:3]]}
+    for name, keys in sets.items():
+        scored = [results["keys"][k] for k in keys if k in results["keys"]]
+        metric = "cider" if "caption" in name else "bleu"
+        if scored:
+            results[name] = {metric: sum(s[metric] for s in scored) / len(scored),
+                             "keys": sorted(k for k in keys if k in results["keys"])}
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="florenz-eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="the run's training config")
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the run's latest)")
+    parser.add_argument("--beams", type=int, default=1, help="1: greedy")
+    parser.add_argument("--prefix", action="store_true", help="start captions with the language's prefix")
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--results", default=None, help="results JSON (default: RUN/eval-<step>.json)")
+    args = parser.parse_args(argv)
+    config = load_train_config(args.config)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(config.run.out, "checkpoints"))
+    if checkpoint is None:
+        parser.error(f"no checkpoint in {config.run.out}/checkpoints")
+    results = evaluate(config, checkpoint, args.beams, args.prefix, args.max_images, args.max_new_tokens,
+                       args.batch_size)
+    path = Path(args.results or Path(config.run.out, f"eval-{checkpoint.name}.json"))
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True))
+    print(json.dumps({k: v for k, v in results.items() if k != "keys"}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

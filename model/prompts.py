@@ -1,0 +1,31 @@
+"""Encoder prompts and decoder prefixes, as the paper builds them.
+
+Prompt = a language sentence + a task sentence: "The target language is German. What does the image
+describe?" for captioning, "... Translate the following text: {english}" for translation (the image is
+context). Zero-shot captioning in a language never captioned in training needs a target-language
+decoder prefix ("Das Bild zeigt").
+"""
+from __future__ import annotations
+
+from schemas.languages import LANGUAGE_NAMES
+from schemas.records import TASK_CAPTION
+from schemas.sample import Annotation
+
+CAPTION_TASK = "What does the image describe?"
+TRANSLATION_TASK = "Translate the following text: {source}"
+DECODER_PREFIXES = {
+    "en": "The image shows", "de": "Das Bild zeigt", "fr": "La photo montre", "es": "La imagen muestra",
+    "ru": "На изображении показано", "zh": "图片显示",
+}
+
+
+def encoder_prompt(annotation: Annotation) -> str:
+    language = f"The target language is {LANGUAGE_NAMES[annotation.lang]}."
+    if annotation.task == TASK_CAPTION:
+        return f"{language} {CAPTION_TASK}"
+    return f"{language} {TRANSLATION_TASK.format(source=annotation.source)}"
+
+
+def decoder_prefix(annotation: Annotation) -> str:
+    """The target-language prefix for captions ("" for translations, and for languages without one)."""
+    return DECODER_PREFIXES.get(annotation.lang, "") if annotation.task == TASK_CAPTION else ""

@@ -1,0 +1,239 @@
+"""florenz-train CONFIG: train Florenz on the pipeline's shards, on one process or many (torchrun).
+
+    florenz-train configs/train-tiny.yaml
+    torchrun --nproc_per_node 8 -m model.train configs/train-0.4b.yaml
+
+bf16 autocast, AdamW, cosine schedule with warm-up, gradient accumulation and clipping; DDP, or FSDP for
+the Gemma-2 sizes. Checkpoints resume exactly (see model/checkpoint.py); a run folder that has one is
+resumed. Writes metrics.jsonl (training and eval rows) and scaling_rows.jsonl (the inputs of the
+scaling-law fits: parameters, seen samples, compute, eval loss per test set).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from model.data import (AnnotationSampler, Collator, ResumableShardStream, image_transform, shard_urls,
+                        split_key_counts, train_loader)
+from model.eval_loss import evaluate_loss
+from model.factory import build_model, load_tokenizers
+from model.modeling import FlorenzModel
+from model.train_config import TrainConfig, load_train_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_processes() -> Processes:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(int(os.environ.get("RANK", "0")), world, device)
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def optimizer_for(model: FlorenzModel, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on norms, biases, gates."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.optim.lr,
+                             betas=config.optim.betas, fused=device.type == "cuda")
+
+
+def parallelize(model: FlorenzModel, config: TrainConfig, procs: Processes) -> torch.nn.Module:
+    """DDP for the Florence-2 decoder sizes; FSDP (per layer) for the Gemma-2 ones, or as configured."""
+    if procs.world == 1:
+        return model
+    strategy = config.run.strategy
+    if strategy == "auto":
+        strategy = "ddp" if model.config.gemma is None else "fsdp"
+    if strategy == "ddp":
+        return DistributedDataParallel(model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+    from torch.distributed.fsdp import fully_shard
+    decoder_layers = model.decoder.layers if model.config.gemma is None else model.decoder.model.layers
+    for layer in [*model.encoder.layers, *decoder_layers]:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, param in sorted(model.state_dict().items()):
+        tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
+        digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def flops_per_sample(params: dict[str, int], tokens: float) -> float:
+    """Approximate training FLOPs: 2·P·T forward through everything, 4·P_trainable·T backward."""
+    return (2 * params["total"] + 4 * params["trainable"]) * tokens
+
+
+class Metrics:
+    """JSONL rows, written by the main process only."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.file = open(path, "a", encoding="utf-8") if enabled else None
+
+    def write(self, row: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(row, sort_keys=True) + "\n")
+            self.file.flush()
+
+
+def train(config: TrainConfig, stop_at: int | None = None) -> dict:
+    """Runs (or resumes) the config's schedule up to its end, or up to `stop_at` steps."""
+    procs = start_processes()
+    out = Path(config.run.out)
+    checkpoints = out / "checkpoints"
+    if procs.main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.run.seed + procs.rank)
+    encoder_tokenizer, decoder_tokenizer = load_tokenizers(config.model)
+    model = build_model(config.model, encoder_tokenizer, decoder_tokenizer, procs.device)
+    model.set_trainable()
+    params = model.parameter_counts()
+    wrapped = parallelize(model, config, procs)
+    optimizer = optimizer_for(model, config, procs.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.optim.warmup_steps, config.optim.steps, config.optim.min_lr_ratio))
+
+    step, counters, positions, rng = 0, {"seen": 0, "tokens": 0, "consumed": 0, "compute": 0.0}, {}, None
+    if (resume_from := latest_checkpoint(checkpoints)) is not None:
+        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        step, counters, positions, rng = state["step"], state["counters"], state["positions"], state["rng"]
+
+    data = config.data
+    transform = image_transform(data.image_size)
+    sampler = AnnotationSampler.from_setting(data.balance, split_key_counts(data.output, "train"))
+    collator = Collator(encoder_tokenizer, decoder_tokenizer, data.max_prompt_tokens, data.max_target_tokens,
+                        data.decoder_prefix)
+    stream = ResumableShardStream(shard_urls(data.output, "train"), sampler, transform, config.run.seed,
+                                  procs.rank, data.shuffle_buffer, start=positions,
+                                  rotation=counters["consumed"] % max(1, data.workers))
+    batches = iter(train_loader(stream, collator, data.batch_size, data.workers))
+    if rng is not None:  # after the loader started: its worker seeds come from the same generator
+        set_rng_state(rng)
+
+    autocast = lambda: torch.autocast(procs.device.type, dtype=torch.bfloat16,
+                                      enabled=config.run.precision == "bf16")
+    metrics = Metrics(out / "metrics.jsonl", procs.main)
+    scaling = Metrics(out / "scaling_rows.jsonl", procs.main)
+    bar = tqdm(total=config.optim.steps, initial=step, disable=not (procs.main and config.run.progress),
+               desc="train", dynamic_ncols=True)
+    end = min(config.optim.steps, stop_at or config.optim.steps)
+    started, last_loss = time.time(), float("nan")
+    while step < end:
+        loss_sum = torch.zeros((), device=procs.device)
+        tokens = 0
+        for micro in range(config.optim.grad_accum):
+            batch = next(batches)
+            stream_id, draw, index = batch.pop("position")
+            positions[stream_id] = (draw, index)
+            counters["consumed"] += 1
+            tokens += int(batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum())
+            inputs = {k: v.to(procs.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+            sync = micro == config.optim.grad_accum - 1 or not isinstance(wrapped, DistributedDataParallel)
+            with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast():
+                loss = wrapped(**inputs) / config.optim.grad_accum
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        global_batch = data.batch_size * config.optim.grad_accum * procs.world
+        if procs.world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        counters["seen"] += global_batch
+        counters["tokens"] += tokens * procs.world
+        counters["compute"] += flops_per_sample(params, tokens / (data.batch_size * config.optim.grad_accum)) \
+            * global_batch
+        last_loss = loss_sum.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        if step % config.run.log_every == 0 or step == end:
+            metrics.write({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
+                           "grad_norm": float(grad_norm), "seen": counters["seen"], "tokens": counters["tokens"],
+                           "compute": counters["compute"], "elapsed_s": round(time.time() - started, 3)})
+        if step % config.run.eval_every == 0 or step == end:
+            losses = evaluate_loss(model, data.output, transform, collator, data.batch_size, data.eval_images,
+                                   procs.device, autocast)
+            metrics.write({"step": step, "eval": losses})
+            if losses:
+                scaling.write({"run": str(out), "size": model.config.size, "params": params["total"],
+                               "trainable_params": params["trainable"], "step": step,
+                               "seen": counters["seen"], "compute": counters["compute"], **losses})
+        if step % config.run.checkpoint_every == 0 or step == end:
+            save_checkpoint(checkpoints, step, model, optimizer, scheduler, counters, positions,
+                            config.run.keep_checkpoints)
+    bar.close()
+    digests = [parameter_digest(model)]
+    if procs.world > 1:
+        gathered: list = [None] * procs.world
+        dist.all_gather_object(gathered, digests[0])
+        digests = gathered
+    summary = {"step": step, "loss": last_loss, "params": params, "ranks": procs.world,
+               "ranks_agree": len(set(digests)) == 1, "parameter_digest": digests[0], **counters}
+    metrics.write({"final": summary})
+    if procs.world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="florenz-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="training config (YAML)")
+    parser.add_argument("--steps", type=int, default=None, help="stop after this many steps (overrides optim.steps "
+                        "for the stop only: the schedule keeps the config's length)")
+    args = parser.parse_args(argv)
+    config = load_train_config(args.config)
+    summary = train(config, stop_at=args.steps)
+    print(json.dumps(summary, sort_keys=True))
+    return 0 if summary["ranks_agree"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The loader and the training loop on shards the pipeline wrote from the real COCO sample: batches,
+task-language balancing, exact stream resume, overfitting a small set, checkpoint resume giving the
+same losses, two processes under torchrun (gloo) agreeing, and evaluation with held-out languages."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tests.helpers import PAPER_PLAN, coco_captions, fill_store, run_build, write_config  # noqa: E402
+from tests.train_support import build_translated_output, metrics, train_config, train_tokenizers  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    """(pipeline output of the paper's plan with an eval split, tokenizer folders)."""
+    root = tmp_path_factory.mktemp("paper")
+    return build_translated_output(root), train_tokenizers(root)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, paper):
+    """4 real COCO images with one caption each, every caption translated: a set to overfit."""
+    root = tmp_path_factory.mktemp("small")
+    data = coco_captions()
+    images = data["images"][:4]
+    first = {}
+    for ann in data["annotations"]:
+        first.setdefault(ann["image_id"], ann)
+    subset = {"images": images, "annotations": [first[i["id"]] for i in images]}
+    (root / "captions.json").write_text(json.dumps(subset))
+    from tests.helpers import COCO_SAMPLE
+    source = {"name": "coco", "type": "coco", "captions": str(root / "captions.json"),
+              "images": str(COCO_SAMPLE / "images")}
+    fill_store(root / "store", [a["caption"] for a in subset["annotations"]], ["de", "fr", "es", "ru", "zh"])
+    run_build(write_config(root, [source], {**PAPER_PLAN, "shard_size": 2}))
+    return root / "out", paper[1]
+
+
+def loader_parts(output: Path, tokenizers, **kwargs):
+    from transformers import AutoTokenizer
+
+    from model.data import AnnotationSampler, Collator, ResumableShardStream, image_transform, shard_urls, \
+        split_key_counts
+
+    sampler = AnnotationSampler.from_setting(kwargs.pop("balance", "uniform"), split_key_counts(str(output), "train"))
+    collator = Collator(AutoTokenizer.from_pretrained(tokenizers[0]), AutoTokenizer.from_pretrained(tokenizers[1]),
+                        use_prefix=kwargs.pop("use_prefix", False))
+    stream = ResumableShardStream(shard_urls(str(output), "train"), sampler, image_transform(kwargs.pop("size", 64)),
+                                  seed=0, shuffle_buffer=8, **kwargs)
+    return stream, collator
+
+
+def test_batches_hold_images_prompts_and_masked_labels(paper):
+    from model.data import train_loader
+
+    stream, collator = loader_parts(*paper, size=224, use_prefix=True)
+    batch = next(iter(train_loader(stream, collator, batch_size=6, workers=0)))
+    assert batch["pixel_values"].shape == (6, 3, 224, 224)
+    assert abs(float(batch["pixel_values"].mean())) < 2  # ImageNet-normalized
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["labels"].shape == batch["decoder_input_ids"].shape
+    decoder = collator.decoder_tokenizer
+    for row, key in enumerate(batch["keys"]):
+        assert (batch["decoder_input_ids"][row, 0] == decoder.bos_token_id)
+        labels = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        assert labels[-1] == decoder.eos_token_id
+        text = decoder.decode(labels[:-1])
+        if key.startswith("caption-") and key != "caption-en":
+            assert text.startswith(f"[{key.split('-')[1]}]")  # the target, not the prefix, is learned
+        inputs = decoder.decode(batch["decoder_input_ids"][row][batch["decoder_attention_mask"][row] == 1])
+        if key == "caption-de":
+            assert "Das Bild zeigt" in inputs
+    prompts = collator.encoder_tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert all(p.startswith("The target language is ") for p in prompts)
+
+
+def test_annotations_are_balanced_over_task_language_keys(paper):
+    import itertools
+
+    stream, _ = loader_parts(*paper)
+    keys = Counter(f"{e.annotation.task}-{e.annotation.lang}" for e in itertools.islice(iter(stream), 1400))
+    # the paper's plan: caption-en, caption-de, translation-{de,fr,es,ru,zh}; held-out captions never drawn
+    assert set(keys) == {"caption-en", "caption-de", "translation-de", "translation-fr", "translation-es",
+                         "translation-ru", "translation-zh"}
+    assert all(150 <= n <= 250 for n in keys.values()), keys  # 200 each when uniform
+    weighted, _ = loader_parts(*paper, balance={"caption-en": 3.0, "translation-fr": 1.0})
+    keys = Counter(f"{e.annotation.task}-{e.annotation.lang}" for e in itertools.islice(iter(weighted), 800))
+    assert set(keys) == {"caption-en", "translation-fr"} and 0.68 < keys["caption-en"] / 800 < 0.82
+
+
+def test_the_stream_resumes_where_it_stopped(paper):
+    import itertools
+
+    stream, _ = loader_parts(*paper)
+    run = list(itertools.islice(iter(stream), 90))  # more than one shard (16 samples) per stream
+    stop = run[52]
+    resumed, _ = loader_parts(*paper, start={stop.position[0]: stop.position[1:]})
+    again = list(itertools.islice(iter(resumed), 37))
+    assert [(e.key, e.annotation) for e in again] == [(e.key, e.annotation) for e in run[53:]]
+    assert all(torch.equal(a.image, b.image) for a, b in zip(again, run[53:]))
+
+
+def run_train(config: Path, *extra: str, torchrun: int = 0) -> dict:
+    command = ([str(BIN / "torchrun"), "--nproc_per_node", str(torchrun), "-m", "model.train"] if torchrun
+               else [str(BIN / "florenz-train")])
+    done = subprocess.run([*command, str(config), *extra], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_few_hundred_steps_overfit_a_small_set(tmp_path, small):
+    config = train_config(tmp_path, *small, **{"optim.steps": 300, "optim.lr": 3e-3, "optim.warmup_steps": 20,
+                                               "run.eval_every": 300, "run.checkpoint_every": 300,
+                                               "run.log_every": 10, "data.batch_size": 8})
+    summary = run_train(config)
+    losses = [m["loss"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert losses[0] > 5 and summary["loss"] < 0.3, (losses[0], summary["loss"])
+    assert summary["step"] == 300 and summary["seen"] == 2400
+
+
+def test_a_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, paper):
+    """Stopped after an odd number of batches with 2 loader workers, so the resumed loader must also
+    hand the first batch to the right worker stream; dropout is on, so RNG state matters too."""
+    common = {"optim.steps": 12, "run.checkpoint_every": 100, "run.eval_every": 100, "data.workers": 2,
+              "model.size": "tiny-gemma"}
+    run_train(train_config(tmp_path / "a", *paper, **common))
+    interrupted = train_config(tmp_path / "b", *paper, **common)
+    run_train(interrupted, "--steps", "7")
+    assert (tmp_path / "b" / "run" / "checkpoints" / "latest").read_text() == "step-00000007"
+    run_train(interrupted)
+
+    def losses(run: Path) -> tuple[dict, dict]:
+        rows = metrics(run)
+        return {m["step"]: m["loss"] for m in rows if "loss" in m}, [m for m in rows if "eval" in m][-1]
+
+    (a, a_eval), (b, b_eval) = losses(tmp_path / "a" / "run"), losses(tmp_path / "b" / "run")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert a == b and a_eval == b_eval
+    assert a[12] != a[11]  # the losses do move
+
+
+def test_two_processes_with_torchrun_train_and_agree(tmp_path, paper):
+    config = train_config(tmp_path, *paper, **{"optim.steps": 6, "run.eval_every": 6, "run.checkpoint_every": 6})
+    summary = run_train(config, torchrun=2)
+    assert summary["ranks"] == 2 and summary["ranks_agree"]
+    assert summary["seen"] == 6 * 4 * 2
+    assert (tmp_path / "run" / "checkpoints" / "step-00000006" / "model" / "model.safetensors").exists()
+    evals = [m["eval"] for m in metrics(tmp_path / "run") if "eval" in m]
+    assert {"loss/seen_caption", "loss/seen_translation", "loss/unseen_caption"} <= set(evals[-1])
+
+
+def test_evaluation_scores_every_task_language_pair_held_out_ones_included(tmp_path, paper):
+    config = train_config(tmp_path, *paper, **{"optim.steps": 4, "run.eval_every": 4, "run.checkpoint_every": 4})
+    run_train(config)
+    results_path = tmp_path / "results.json"
+    done = subprocess.run([str(BIN / "florenz-eval"), str(config), "--beams", "2", "--prefix", "--max-images", "3",
+                           "--max-new-tokens", "8", "--results", str(results_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(results_path.read_text())
+    keys = results["keys"]
+    for lang in ("en", "de", "fr", "es", "ru", "zh"):
+        assert keys[f"caption-{lang}"]["n"] == 3 and 0 <= keys[f"caption-{lang}"]["cider"]
+    for lang in ("de", "fr", "es", "ru", "zh"):
+        assert keys[f"translation-{lang}"]["n"] >= 3 and {"bleu", "chrf"} <= set(keys[f"translation-{lang}"])
+    assert results["unseen_caption"]["keys"] == ["caption-es", "caption-fr", "caption-ru", "caption-zh"]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "scaling_rows.jsonl").read_text().splitlines()]
+    assert rows[-1]["params"] > 0 and rows[-1]["seen"] == 16 and "loss/unseen_caption" in rows[-1]

@@ -1,0 +1,85 @@
+"""Fixtures for the training side: tokenizers trained here (Florence-2-like byte-level BPE for the
+encoder, Gemma-2-like SentencePiece-style BPE for the decoder), pipeline outputs built from the real
+COCO sample with a filled store, and tiny training configs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.helpers import PAPER_PLAN, coco_captions, coco_source, fake_translation, fill_store, run_build, \
+    write_config
+
+
+def corpus_texts() -> list[str]:
+    captions = [a["caption"] for a in coco_captions()["annotations"]]
+    from model.prompts import CAPTION_TASK, DECODER_PREFIXES, TRANSLATION_TASK
+    from schemas.languages import LANGUAGE_NAMES
+    langs = PAPER_PLAN["languages"]
+    return (captions + [fake_translation(c, l) for c in captions for l in langs]
+            + [f"The target language is {LANGUAGE_NAMES[l]}. {CAPTION_TASK} {TRANSLATION_TASK}" for l in langs]
+            + list(DECODER_PREFIXES.values()))
+
+
+def train_tokenizers(root: Path) -> tuple[Path, Path]:
+    """(encoder tokenizer folder, decoder tokenizer folder), saved as transformers fast tokenizers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = corpus_texts()
+    encoder_dir, decoder_dir = root / "encoder-tokenizer", root / "decoder-tokenizer"
+    if not encoder_dir.exists():
+        bart = Tokenizer(models.BPE())
+        bart.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bart.decoder = decoders.ByteLevel()
+        bart.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1200, special_tokens=[
+            "<s>", "<pad>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        bart.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[
+            ("<s>", 0), ("</s>", 2)])
+        PreTrainedTokenizerFast(tokenizer_object=bart, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                unk_token="<unk>").save_pretrained(encoder_dir)
+    if not decoder_dir.exists():
+        gemma = Tokenizer(models.BPE(unk_token="<unk>"))
+        gemma.pre_tokenizer = pre_tokenizers.Metaspace()
+        gemma.decoder = decoders.Metaspace()
+        gemma.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1500, special_tokens=[
+            "<pad>", "<eos>", "<bos>", "<unk>"]))
+        PreTrainedTokenizerFast(tokenizer_object=gemma, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                unk_token="<unk>").save_pretrained(decoder_dir)
+    return encoder_dir, decoder_dir
+
+
+def build_translated_output(tmp: Path, plan: dict | None = None) -> Path:
+    """The paper's plan over the real COCO sample, every caption 'translated' (a store fixture), with
+    an eval split: the pipeline's own build writes the shards."""
+    plan = plan or {**PAPER_PLAN, "eval_fraction": 0.2, "shard_size": 16}
+    captions = [a["caption"] for a in coco_captions()["annotations"]]
+    fill_store(tmp / "store", captions, [l for l in plan["languages"] if l != "en"])
+    run_build(write_config(tmp, [coco_source()], plan))
+    return tmp / "out"
+
+
+def train_config(tmp: Path, output: Path, tokenizers: tuple[Path, Path], **overrides: Any) -> Path:
+    """A tiny training config; `overrides` are dotted keys ("optim.steps": 20)."""
+    config: dict[str, Any] = {
+        "data": {"output": str(output), "image_size": 64, "batch_size": 4, "workers": 0, "shuffle_buffer": 16,
+                 "eval_images": 8, "max_target_tokens": 32},
+        "model": {"size": "tiny", "init": "random", "encoder_tokenizer": str(tokenizers[0]),
+                  "decoder_tokenizer": str(tokenizers[1])},
+        "optim": {"steps": 20, "lr": 1e-3, "warmup_steps": 5, "weight_decay": 0.0},
+        "run": {"out": str(tmp / "run"), "seed": 0, "precision": "fp32", "log_every": 1, "eval_every": 10,
+                "checkpoint_every": 10, "progress": False},
+    }
+    for dotted, value in overrides.items():
+        section, name = dotted.split(".")
+        config[section][name] = value
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
