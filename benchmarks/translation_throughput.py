@@ -77,7 +77,10 @@ def offline_generate(texts: list[str], model: Path, root: Path) -> dict:
     texts_path.write_text(json.dumps(texts))
     result = subprocess.run([str(VLLM_PYTHON), str(REPO / "benchmarks" / "vllm_offline.py"), "--model", str(model),
                              "--texts", str(texts_path), "--lang", "de"], check=True, capture_output=True, text=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]  # vLLM logs to stdout too
+    if not lines:
+        raise RuntimeError(f"vllm_offline.py printed no result:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return json.loads(lines[-1])
 
 
 def throughput(sizes: list[tuple[int, int]], n_prompts: int, batch_size: int, root: Path) -> list[dict]:

@@ -53,6 +53,11 @@ class FlorenzModel(nn.Module):
             add_cross_attention(gemma, config.encoder_dim)
             self.decoder = gemma
 
+    @staticmethod
+    def image_tokens(image_size: int) -> int:
+        """Encoder positions an image takes: DaViT's 32x-downsampled grid, plus one temporal token."""
+        return (image_size // 32) ** 2 + 1
+
     # -- forward -------------------------------------------------------------------------------------
     def encode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

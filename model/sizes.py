@@ -1,7 +1,8 @@
 """The Florenz sizes of the paper (0.4B, 1.0B, 3.5B, 11.2B) and tiny ones for tests, as configs.
 
 The numbers are those of the public checkpoints (microsoft/Florence-2-base|large, google/gemma-2-2b|9b),
-so a random model of a size has the paper's parameter count and a pretrained one loads into it.
+so a random model of a size has the paper's parameter count and a pretrained one loads into it
+(florence-community/* are the Florence-2 checkpoints converted for transformers' native classes).
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ GEMMA2_VOCAB = 256000
 FLORENCE2_VOCAB = 51289
 
 PRETRAINED = {  # size -> (Florence-2 checkpoint, Gemma-2 checkpoint or None)
-    "florenz-0.4b": ("microsoft/Florence-2-base", None),
-    "florenz-1.0b": ("microsoft/Florence-2-large", None),
-    "florenz-3.5b": ("microsoft/Florence-2-large", "google/gemma-2-2b"),
-    "florenz-11.2b": ("microsoft/Florence-2-large", "google/gemma-2-9b"),
+    "florenz-0.4b": ("florence-community/Florence-2-base", None),
+    "florenz-1.0b": ("florence-community/Florence-2-large", None),
+    "florenz-3.5b": ("florence-community/Florence-2-large", "google/gemma-2-2b"),
+    "florenz-11.2b": ("florence-community/Florence-2-large", "google/gemma-2-9b"),
 }
 
 

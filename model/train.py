@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from model.data import (AnnotationSampler, Collator, ResumableShardStream, image
 from model.eval_loss import evaluate_loss
 from model.factory import build_model, load_tokenizers
 from model.modeling import FlorenzModel
+from model.optim import flops_per_token, optimizer_for, warmup_cosine
 from model.train_config import TrainConfig, load_train_config
 
 
@@ -56,26 +56,6 @@ def start_processes() -> Processes:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Processes(int(os.environ.get("RANK", "0")), world, device)
-
-
-def warmup_cosine(warmup: int, total: int, min_ratio: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
-def optimizer_for(model: FlorenzModel, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on norms, biases, gates."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.optim.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=config.optim.lr,
-                             betas=config.optim.betas, fused=device.type == "cuda")
 
 
 def parallelize(model: FlorenzModel, config: TrainConfig, procs: Processes) -> torch.nn.Module:
@@ -103,11 +83,6 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def flops_per_sample(params: dict[str, int], tokens: float) -> float:
-    """Approximate training FLOPs: 2·P·T forward through everything, 4·P_trainable·T backward."""
-    return (2 * params["total"] + 4 * params["trainable"]) * tokens
-
-
 class Metrics:
     """JSONL rows, written by the main process only."""
 
@@ -132,17 +107,22 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     model = build_model(config.model, encoder_tokenizer, decoder_tokenizer, procs.device)
     model.set_trainable()
     params = model.parameter_counts()
+    encoder_flops, decoder_flops = flops_per_token(model)
     wrapped = parallelize(model, config, procs)
-    optimizer = optimizer_for(model, config, procs.device)
+    optimizer = optimizer_for(model, config.optim.lr, config.optim.weight_decay, config.optim.betas, procs.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.optim.warmup_steps, config.optim.steps, config.optim.min_lr_ratio))
 
-    step, counters, positions, rng = 0, {"seen": 0, "tokens": 0, "consumed": 0, "compute": 0.0}, {}, None
+    data = config.data
+    step, positions, rng = 0, {}, None
+    counters = {"seen": 0, "tokens": 0, "consumed": 0, "compute": 0.0, "loader_workers": data.workers}
     if (resume_from := latest_checkpoint(checkpoints)) is not None:
         state = load_checkpoint(resume_from, model, optimizer, scheduler)
         step, counters, positions, rng = state["step"], state["counters"], state["positions"], state["rng"]
+        if counters["loader_workers"] != data.workers:  # the streams' positions belong to those workers
+            raise ValueError(f"{resume_from} was written with data.workers={counters['loader_workers']}; "
+                             f"resume with as many")
 
-    data = config.data
     transform = image_transform(data.image_size)
     sampler = AnnotationSampler.from_setting(data.balance, split_key_counts(data.output, "train"))
     collator = Collator(encoder_tokenizer, decoder_tokenizer, data.max_prompt_tokens, data.max_target_tokens,
@@ -150,6 +130,7 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     stream = ResumableShardStream(shard_urls(data.output, "train"), sampler, transform, config.run.seed,
                                   procs.rank, data.shuffle_buffer, start=positions,
                                   rotation=counters["consumed"] % max(1, data.workers))
+    image_tokens = model.image_tokens(data.image_size)
     batches = iter(train_loader(stream, collator, data.batch_size, data.workers))
     if rng is not None:  # after the loader started: its worker seeds come from the same generator
         set_rng_state(rng)
@@ -164,13 +145,14 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     started, last_loss = time.time(), float("nan")
     while step < end:
         loss_sum = torch.zeros((), device=procs.device)
-        tokens = 0
+        tokens, encoder_tokens = 0, 0
         for micro in range(config.optim.grad_accum):
             batch = next(batches)
             stream_id, draw, index = batch.pop("position")
             positions[stream_id] = (draw, index)
             counters["consumed"] += 1
-            tokens += int(batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum())
+            encoder_tokens += int(batch["attention_mask"].sum()) + len(batch["keys"]) * image_tokens
+            tokens += int(batch["decoder_attention_mask"].sum())
             inputs = {k: v.to(procs.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             sync = micro == config.optim.grad_accum - 1 or not isinstance(wrapped, DistributedDataParallel)
             with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast():
@@ -187,9 +169,10 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
         if procs.world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         counters["seen"] += global_batch
-        counters["tokens"] += tokens * procs.world
-        counters["compute"] += flops_per_sample(params, tokens / (data.batch_size * config.optim.grad_accum)) \
-            * global_batch
+        tokens += encoder_tokens
+        counters["tokens"] += tokens * procs.world  # estimated from this process's share
+        step_flops = encoder_flops * encoder_tokens + decoder_flops * (tokens - encoder_tokens)
+        counters["compute"] += step_flops * procs.world
         last_loss = loss_sum.item()
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.4f}")
@@ -231,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_train_config(args.config)
     summary = train(config, stop_at=args.steps)
-    print(json.dumps(summary, sort_keys=True))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, sort_keys=True))
     return 0 if summary["ranks_agree"] else 1
 
 

@@ -122,8 +122,11 @@ def train_config_from_dict(raw: Mapping[str, Any], base_dir: str = ".") -> Train
         if getattr(section, name) < 1:
             raise ConfigError(f"train.{'optim' if section is config.optim else 'data'}.{name}", "must be >= 1")
     resolve = lambda p: p if "://" in p or os.path.isabs(p) else os.path.normpath(os.path.join(base_dir, p))
+    model = config.model
+    if model.init not in ("random", "pretrained"):  # a Florenz checkpoint folder
+        model = dataclasses.replace(model, init=resolve(model.init))
     return dataclasses.replace(config, data=dataclasses.replace(config.data, output=resolve(config.data.output)),
-                               run=dataclasses.replace(config.run, out=resolve(config.run.out)))
+                               run=dataclasses.replace(config.run, out=resolve(config.run.out)), model=model)
 
 
 def load_train_config(path: str) -> TrainConfig:

@@ -16,6 +16,7 @@ from schemas.records import Rejection, SourceRecord
 from transforms.coverage import AssignCoverage
 from transforms.dedup import DedupKeys
 from transforms.finalize import WriteRunMetadata, WriteTranslationStats
+from transforms.missing import GateOnMissing
 from transforms.shard_writer import WriteShard
 from transforms.sharding import AssignShards
 from transforms.sources import ReadSource
@@ -67,17 +68,25 @@ def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[
     return texts | "Translations" >> TranslateTexts(config.store, translator, config.plan.translation_languages)
 
 
-def build_shards(p: beam.Pipeline, config: RunConfig, translate: bool = False) -> beam.PCollection:
-    """Add the whole build to `p` (translating store misses when `translate`); returns the stats."""
+def build_shards(p: beam.Pipeline, config: RunConfig, translate: bool = False,
+                 allow_missing: bool = False) -> beam.PCollection:
+    """Add the whole build to `p` (translating store misses when `translate`); returns the stats.
+
+    Unless `allow_missing`, a translation the plan needs that is neither stored nor translated now
+    stops the build before it writes anything: every writing step takes the count of missing
+    translations as a side input (so runs after it is known) and writes nothing when it is not 0;
+    the missing texts are listed in OUTPUT/missing_translations.jsonl instead. With `allow_missing`
+    the annotations are left out and counted (stats.json: missing_translation)."""
     inputs = read_inputs(p, config)
     translated = _translate(inputs, config, config.translator if translate else None)
+    gate = {} if allow_missing else {"missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output)}
     shards = ((inputs.images, translated["translations"])
               | "Coverage" >> AssignCoverage(config.plan)
               | "AssignShards" >> AssignShards(config.plan.shard_size)
               | "GroupShards" >> beam.GroupByKey()
-              | "WriteShards" >> beam.ParDo(WriteShard(config.output)))
+              | "WriteShards" >> beam.ParDo(WriteShard(config.output), **gate))
     return ((shards, inputs.read_counts, inputs.rejections, translated["summary"])
-            | "Finalize" >> WriteRunMetadata(config))
+            | "Finalize" >> WriteRunMetadata(config, gate))
 
 
 def translate_store(p: beam.Pipeline, config: RunConfig) -> beam.PCollection:

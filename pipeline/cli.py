@@ -16,8 +16,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from schemas.config import RunConfig
 
 
 def _beam_args(rest: list[str]) -> list[str]:
@@ -43,13 +47,17 @@ def _load(args: argparse.Namespace):
     return config
 
 
-def _pipeline(args: argparse.Namespace, rest: list[str], build) -> dict:
+def _pipeline(args: argparse.Namespace, rest: list[str], build) -> Optional[RunConfig]:
+    """Run `build` on a new pipeline (None for a dry run, which runs nothing)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from transforms.finalize import clear_run_markers
 
     config = _load(args)
+    if args.dry_run:
+        _dry_run(PipelineOptions(_beam_args(rest)), config, build)
+        return None
     clear_run_markers(config.output)
     logging.info("%s: %s, %d source(s) -> %s", args.command, args.config, len(config.sources), config.output)
     with beam.Pipeline(options=PipelineOptions(_beam_args(rest))) as p:
@@ -57,12 +65,57 @@ def _pipeline(args: argparse.Namespace, rest: list[str], build) -> dict:
     return config
 
 
+def _dry_run(options, config, build) -> None:
+    """Construct the pipeline for the runner the options name, check the options as that runner would,
+    and describe what would be submitted; nothing runs and nothing is written."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import (GoogleCloudOptions, StandardOptions, TestOptions,
+                                                      WorkerOptions)
+
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+
+    cloud = options.view_as(GoogleCloudOptions)
+    if options.view_as(StandardOptions).runner == "DataflowRunner":
+        # With neither location valid Beam creates a default bucket, which needs GCP: refuse it here.
+        validator = PipelineOptionsValidator(options, None)
+        errors = [e for name in ("temp_location", "staging_location") for e in validator.validate_gcs_path(cloud, name)]
+        if len(errors) == 2:
+            raise ConfigError("--temp_location", "; ".join(errors))
+    options.view_as(TestOptions).dry_run = True  # Beam's own flag: its checks skip their GCS calls
+    cloud.no_auth = True
+    try:
+        p = beam.Pipeline(options=options)  # runs Beam's option validation for that runner
+    except ValueError as error:
+        raise ConfigError("beam options", str(error)) from error
+    build(p, config)
+    proto = p.to_runner_api()
+    worker = options.view_as(WorkerOptions)
+    print(json.dumps({"dry_run": True, "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+                      "runner_class": type(p.runner).__name__, "transforms": len(proto.components.transforms),
+                      "project": cloud.project, "region": cloud.region,
+                      "sdk_container_image": worker.sdk_container_image, "machine_type": worker.machine_type,
+                      "dataflow_service_options": cloud.dataflow_service_options}, indent=2))
+
+
 def _build(args: argparse.Namespace, rest: list[str]) -> int:
     from pipeline.build import build_shards
     from transforms.finalize import STATS
 
+    from transforms.missing import MISSING_TEXTS, read_missing_summary
+
     translate = args.command == "run"
-    config = _pipeline(args, rest, lambda p, c: build_shards(p, c, translate=translate))
+    config = _pipeline(args, rest, lambda p, c: build_shards(p, c, translate=translate,
+                                                             allow_missing=args.allow_missing_translations))
+    if config is None:  # a dry run
+        return 0
+    missing = read_missing_summary(config.output)
+    if missing is not None:
+        per_language = ", ".join(f"{lang} {n}" for lang, n in missing["per_language"].items())
+        print(f"stopped before writing shards: {missing['total']} translations the plan needs are not in the "
+              f"store ({per_language}); the texts are in {Path(config.output, MISSING_TEXTS)}.\n"
+              "Translate only these with `florenz-data run CONFIG` (a translator section or --endpoint/--model), "
+              "or build without them: --allow-missing-translations.", file=sys.stderr)
+        return 2
     stats = json.loads(Path(config.output, STATS).read_text(encoding="utf-8"))
     _print_summary(stats)
     return 0 if stats["images"]["balanced"] and stats["captions"]["balanced"] else 1
@@ -73,6 +126,8 @@ def _translate(args: argparse.Namespace, rest: list[str]) -> int:
     from transforms.finalize import TRANSLATION_STATS
 
     config = _pipeline(args, rest, translate_store)
+    if config is None:  # a dry run
+        return 0
     summary = json.loads(Path(config.output, TRANSLATION_STATS).read_text(encoding="utf-8"))
     print(json.dumps(summary, indent=2))
     return 0
@@ -122,6 +177,16 @@ def _eval_translator(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipeline.report import write_report
+
+    written = write_report(args.output, args.out, args.diff)
+    print(Path(written["report"]).read_text(encoding="utf-8"))
+    if "diff" in written:
+        print(Path(written["report"]).with_name("diff.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def _translator_flags(command: argparse.ArgumentParser) -> None:
     command.add_argument("--endpoint", action="append", default=None,
                          help="URL of a vLLM server you run (http://host:8000/v1); repeat to spread requests")
@@ -137,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                                  ("translate", _translate, "fill the translation store only")):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("config")
+        command.add_argument("--dry-run", action="store_true",
+                             help="construct the pipeline for the chosen runner and check its options; submit nothing")
+        if name != "translate":
+            command.add_argument("--allow-missing-translations", action="store_true",
+                                 help="leave out (and count) annotations whose translation is missing, "
+                                      "instead of stopping")
         if name != "build":
             _translator_flags(command)
             command.add_argument("--retry-rejected", action="store_true",
@@ -146,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("output")
     verify.add_argument("--decode", action="store_true", help="also decode every image")
     verify.set_defaults(run=_verify)
+    report = sub.add_parser("report", help="coverage heatmap (PNG) + markdown tables of an output; --diff")
+    report.add_argument("output")
+    report.add_argument("--diff", default=None, help="another output to compare with (what an ablation changed)")
+    report.add_argument("--out", default=None, help="folder for the report (default OUTPUT/report)")
+    report.set_defaults(run=_report)
     evaluate = sub.add_parser("eval-translator", help="BLEU/chrF and rejection rates on a parallel test set")
     evaluate.add_argument("config")
     _translator_flags(evaluate)

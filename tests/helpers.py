@@ -70,7 +70,7 @@ def fill_store(store: Path, texts: Iterable[str], languages: Iterable[str],
     write_store_part(str(store), rows)
 
 
-def run_build(config_path: Path) -> dict:
+def run_build(config_path: Path, allow_missing: bool = False) -> dict:
     """Run the build graph on Beam's DirectRunner through TestPipeline; returns stats.json."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.test_pipeline import TestPipeline
@@ -82,7 +82,7 @@ def run_build(config_path: Path) -> dict:
     config = load_config(str(config_path))
     clear_run_markers(config.output)
     with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        build_shards(p, config)
+        build_shards(p, config, allow_missing=allow_missing)
     return json.loads(Path(config.output, "stats.json").read_text())
 
 

@@ -66,7 +66,7 @@ def test_each_bad_input_is_rejected_with_its_reason_and_counted(tmp_path):
         {"name": "pq", "type": "parquet", "files": str(tmp_path / "rows.parquet"), "id_column": "id",
          "caption_column": "text", "image_column": "jpg"},
     ]
-    stats = run_build(write_config(tmp_path, sources))
+    stats = run_build(write_config(tmp_path, sources), allow_missing=True)  # an empty store
     out = tmp_path / "out"
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     by_key = {(r["source"], r["key"]): r["reason"] for r in rejects}

@@ -177,3 +177,19 @@ def test_evaluation_scores_every_task_language_pair_held_out_ones_included(tmp_p
     assert results["unseen_caption"]["keys"] == ["caption-es", "caption-fr", "caption-ru", "caption-zh"]
     rows = [json.loads(l) for l in (tmp_path / "run" / "scaling_rows.jsonl").read_text().splitlines()]
     assert rows[-1]["params"] > 0 and rows[-1]["seen"] == 16 and "loss/unseen_caption" in rows[-1]
+
+
+def test_a_wrong_training_config_is_refused_naming_the_field(tmp_path, paper):
+    from model.train_config import load_train_config
+    from schemas.errors import ConfigError
+
+    for override, field in [({"optim.lr": "fast"}, "train.optim.lr"), ({"run.precision": "fp8"}, "train.run.precision"),
+                            ({"data.image_size": 100}, "train.data.image_size"),
+                            ({"data.batch_size": 0}, "train.data.batch_size")]:
+        with pytest.raises(ConfigError) as error:
+            load_train_config(str(train_config(tmp_path, *paper, **override)))
+        assert error.value.field == field
+    path = train_config(tmp_path, *paper)
+    path.write_text(path.read_text() + "extra: 1\n")
+    with pytest.raises(ConfigError, match="train.extra"):
+        load_train_config(str(path))

@@ -199,3 +199,35 @@ def test_managed_server_is_started_shared_and_stopped_by_the_pipeline(tmp_path):
     summary = json.loads((tmp_path / "out" / "translation_stats.json").read_text())
     assert summary["translated"] == 16 and summary["accepted"] == 16
     assert _vllm_servers_running() == []  # the worker's server went away with the pipeline
+
+
+def test_an_ablation_sends_the_real_server_nothing_and_a_new_language_only_its_texts(tmp_path, trained):
+    """Issue 5's regeneration against the real server: the paper split fills the store; an ablation
+    (fr captioned) with the translator configured sends 0 requests; a plan adding es sends only es."""
+    model, url = trained
+    captions = captions_from(model, 12)
+    run_pipeline(config_for(tmp_path / "paper", model, url, captions))
+    before = requests_received(url)
+    ablation = write_config(tmp_path, [caption_parquet_source(tmp_path, captions)],
+                            {**PLAN, "caption_languages": ["en", "de", "fr"]},
+                            translator={"model": str(model), "endpoints": [url], "batch_size": 16})
+    ablation.write_text(ablation.read_text().replace(str(tmp_path / "store"), str(tmp_path / "paper" / "store")))
+    stats = run_pipeline(ablation)
+    assert requests_received(url) == before  # zero translator calls
+    assert stats["translation"] == {"requested": 48, "cache_hits_accepted": 48}
+    assert stats["splits"]["train"]["annotations"]["caption-fr"] > 0
+    with_es = {**PLAN, "languages": ["en", "de", "fr", "es"], "translation_languages": ["de", "fr", "es"]}
+    config = yaml_plan(ablation, with_es)
+    stats = run_pipeline(config)
+    translation = stats["translation"]
+    assert translation["cache_hits_accepted"] == 48 and translation["translated"] == 24  # only the es texts
+    assert requests_received(url) - before == translation["sent"] >= 24
+
+
+def yaml_plan(config: Path, plan: dict) -> Path:
+    import yaml
+
+    raw = yaml.safe_load(config.read_text())
+    raw["plan"] = {**raw["plan"], **plan}
+    config.write_text(yaml.safe_dump(raw))
+    return config

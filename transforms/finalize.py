@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -20,6 +20,7 @@ from schemas.config import RunConfig
 from schemas.records import SPLITS, Rejection
 from transforms.accounting import compute_stats
 from transforms.atomic import TMP_DIR, atomic_create, join, write_bytes_atomic
+from transforms.missing import MISSING_SUMMARY, MISSING_TEXTS
 from transforms.shard_writer import MANIFEST_PARTS_DIR, ShardResult, manifest_part_path
 
 MANIFEST = "manifest.parquet"
@@ -66,7 +67,9 @@ class _WriteRejects(beam.DoFn):
     def __init__(self, output: str):
         self.output = output
 
-    def process(self, item: tuple[None, Iterable[Rejection | None]]) -> Iterator[tuple]:
+    def process(self, item: tuple[None, Iterable[Rejection | None]], missing: int = 0) -> Iterator[tuple]:
+        if missing:
+            return
         _, rejects = item
         ordered = sorted((r for r in rejects if r is not None), key=lambda r: (r.source, r.key, r.level, r.reason))
         summary: Counter = Counter()
@@ -86,7 +89,9 @@ class _Finalize(beam.DoFn):
         self.config = config
 
     def process(self, _, shards: list[ShardResult], read: dict, rejects: list[tuple],
-                translation: dict) -> Iterator[dict]:
+                translation: dict, missing: int = 0) -> Iterator[dict]:
+        if missing:
+            return
         out = self.config.output
         shards = sorted(shards, key=lambda s: (s.split, s.index))
         self._write_manifest(shards)
@@ -131,7 +136,8 @@ def _delete_tree(path: str) -> None:
 def clear_run_markers(output: str) -> None:
     """Before a run: the output is not complete until this run's _SUCCESS; drop leftovers of a
     killed run (temporary files, manifest parts)."""
-    for path in (join(output, SUCCESS), join(output, TMP_DIR), join(output, MANIFEST_PARTS_DIR)):
+    for path in (join(output, SUCCESS), join(output, TMP_DIR), join(output, MANIFEST_PARTS_DIR),
+                 join(output, MISSING_TEXTS), join(output, MISSING_SUMMARY)):
         _delete_tree(path)
 
 
@@ -139,9 +145,11 @@ class WriteRunMetadata(beam.PTransform):
     """(shard results, read counts, rejections, translation summary) -> files beside the shards;
     yields stats."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, gate: Optional[dict] = None):
+        """`gate`: {"missing": side input}, when the build must stop on missing translations."""
         super().__init__()
         self.config = config
+        self.gate = gate or {}
 
     def expand(self, inputs: tuple):
         shards, read_counts, rejections, translation = inputs
@@ -150,11 +158,11 @@ class WriteRunMetadata(beam.PTransform):
                           | "All" >> beam.Flatten()
                           | "OneGroup" >> beam.Map(lambda r: (None, r))
                           | "Collect" >> beam.GroupByKey()
-                          | "WriteRejects" >> beam.ParDo(_WriteRejects(self.config.output)))
+                          | "WriteRejects" >> beam.ParDo(_WriteRejects(self.config.output), **self.gate))
         return (shards.pipeline
                 | "Trigger" >> beam.Create([None])
                 | "Finalize" >> beam.ParDo(_Finalize(self.config),
                                            shards=beam.pvalue.AsList(shards),
                                            read=beam.pvalue.AsDict(read_counts),
                                            rejects=beam.pvalue.AsList(reject_summary),
-                                           translation=beam.pvalue.AsSingleton(translation)))
+                                           translation=beam.pvalue.AsSingleton(translation), **self.gate))

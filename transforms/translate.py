@@ -94,7 +94,8 @@ def _accepted_hit(item: tuple[str, str, StoreEntry]) -> Iterator[tuple[str, tupl
 class TranslateTexts(beam.PTransform):
     """Normalized English texts -> {"translations": (text_hash, (lang, translation)) accepted, from
     the store or new; "summary": one dict of counts (requested, cache hits, translated, accepted,
-    rejected_<reason>, failed_<reason>, retried)}."""
+    rejected_<reason>, failed_<reason>, retried); "missing": the TranslationRequests with no decided
+    outcome (not in the store and no translator, or failed for good)}."""
 
     def __init__(self, store: StoreConfig, translator: Optional[TranslatorConfig], languages: Iterable[str]):
         super().__init__()
@@ -122,8 +123,12 @@ class TranslateTexts(beam.PTransform):
                         | "AppendToStore" >> beam.ParDo(_AppendToStore(self.store, self.translator.batch_size)))
             counts.append(outcomes | "OutcomeCounts" >> beam.Map(_outcome_counts))
             translations.append(outcomes | "NewTranslations" >> beam.FlatMap(_accepted_new))
+            missing = (outcomes | "StillMissing" >> beam.Filter(lambda o: o.status == STATUS_FAILED)
+                       | "FailedRequests" >> beam.Map(lambda o: o.request))
         else:
             counts.append(looked_up[MISSES] | "MissCounts" >> beam.Map(
                 lambda r: {"requested": 1, "not_in_store": 1}))
+            missing = looked_up[MISSES]
         summary = counts | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombineGlobally(SumCounts())
-        return {"translations": translations | "AllTranslations" >> beam.Flatten(), "summary": summary}
+        return {"translations": translations | "AllTranslations" >> beam.Flatten(), "summary": summary,
+                "missing": missing}
