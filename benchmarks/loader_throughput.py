@@ -20,8 +20,8 @@ sys.path.insert(0, str(REPO))
 
 from transformers import AutoTokenizer  # noqa: E402
 
-from model.data import (AnnotationSampler, Collator, ResumableShardStream, _shard_samples, decode_image,  # noqa: E402
-                        image_transform, shard_urls, split_key_counts, train_loader)
+from model.data import (AnnotationSampler, Collator, ResumableShardStream, decode_image,  # noqa: E402
+                        image_transform, shard_samples, shard_urls, split_key_counts, train_loader)
 from tests.train_support import train_tokenizers  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def timed(samples: int, produce) -> float:
 
 
 def raw_samples(urls: list[str]):
-    return (s for url in itertools.cycle(urls) for s in _shard_samples(url))
+    return (s for url in itertools.cycle(urls) for s in shard_samples(url))
 
 
 def main() -> int:

@@ -140,7 +140,7 @@ class Collator:
 
 
 # -- the training stream -------------------------------------------------------------------------------
-def _shard_samples(url: str) -> Iterator[dict]:
+def shard_samples(url: str) -> Iterator[dict]:
     """The raw samples (bytes, not decoded) of one tar, in order; local paths, gs://, http(s)."""
     yield from wds.tarfile_samples([{"url": url}])
 
@@ -181,7 +181,7 @@ class ResumableShardStream(IterableDataset):
         while True:
             shard_rng = _rng(self.seed, "shard", stream, draw)
             url = self.urls[shard_rng.randrange(len(self.urls))]
-            for index, sample in enumerate(_shuffled(_shard_samples(url), self.shuffle_buffer, shard_rng)):
+            for index, sample in enumerate(_shuffled(shard_samples(url), self.shuffle_buffer, shard_rng)):
                 if index < skip:
                     continue
                 _, annotations = decode_sample_json(sample["json"])

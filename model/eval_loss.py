@@ -33,7 +33,7 @@ def test_sets(plan: CoveragePlan) -> dict[str, set[str]]:
     }
 
 
-def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
+def batched(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
     iterator = iter(examples)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
@@ -52,7 +52,7 @@ def evaluate_loss(model, output: str, transform, collator: Collator, batch_size:
     examples = eval_examples(urls, transform, wanted, max_images)
     was_training = model.training
     model.eval()
-    for batch in _batches(examples, batch_size):
+    for batch in batched(examples, batch_size):
         tensors = collator(batch)
         inputs = {k: v.to(device) for k, v in tensors.items() if isinstance(v, torch.Tensor)}
         with autocast():

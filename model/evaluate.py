@@ -22,7 +22,7 @@ from pycocoevalcap.cider.cider import Cider
 
 from model.checkpoint import latest_checkpoint
 from model.data import Collator, Example, eval_examples, image_transform, shard_urls
-from model.eval_loss import _batches, output_plan, test_sets
+from model.eval_loss import batched, output_plan, test_sets
 from model.generate import generate
 from model.modeling import FlorenzModel
 from model.factory import load_tokenizers
@@ -74,7 +74,7 @@ def evaluate(config: TrainConfig, checkpoint: Path, num_beams: int, use_prefix: 
     results: dict = {"checkpoint": str(checkpoint), "beams": num_beams, "decoder_prefix": use_prefix, "keys": {}}
     for key, examples in sorted(inputs.items()):
         hypotheses = {}
-        for batch in _batches(examples, batch_size):
+        for batch in batched(examples, batch_size):
             tensors = collator(batch)
             rows = generate(model, tensors["pixel_values"].to(device), tensors["input_ids"].to(device),
                             tensors["attention_mask"].to(device), collator.decoder_start(batch[0].annotation),

@@ -206,6 +206,7 @@ def test_an_ablation_sends_the_real_server_nothing_and_a_new_language_only_its_t
     (fr captioned) with the translator configured sends 0 requests; a plan adding es sends only es."""
     model, url = trained
     captions = captions_from(model, 12)
+    (tmp_path / "paper").mkdir()
     run_pipeline(config_for(tmp_path / "paper", model, url, captions))
     before = requests_received(url)
     ablation = write_config(tmp_path, [caption_parquet_source(tmp_path, captions)],
