@@ -144,7 +144,7 @@ def main() -> None:
           f"{d['requests']:,} requests for 5 languages = {d['requests_per_caption']:.3f} requests per caption-language")
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     rows = throughput(sizes, args.prompts, args.batch_size, root)
-    print(f"\n| model | params | prompts | output tokens | vLLM offline s | pipeline s | pipeline / offline throughput |")
+    print("\n| model | params | prompts | output tokens | vLLM offline s | pipeline s | pipeline / offline throughput |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['params_m']:.1f}M | {r['prompts']} | {r['output_tokens']} | {r['offline_s']:.1f} | "
