@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -72,24 +72,3 @@ class ReadStoreEntries(beam.PTransform):
                 | "ByKey" >> beam.Map(lambda r: ((r["text_hash"], r["lang"]),
                                                  StoreEntry(r["status"], r["translation"], r["reason"])))
                 | "OnePerKey" >> beam.CombinePerKey(prefer_entry))
-
-
-def accepted_translation(item: tuple[tuple[str, str], StoreEntry]) -> Iterator[tuple[str, tuple[str, str]]]:
-    """((text_hash, lang), entry) -> (text_hash, (lang, translation)) when accepted."""
-    (text, lang), entry = item
-    if entry.status == STATUS_ACCEPTED:
-        yield text, (lang, entry.translation)
-
-
-class ReadTranslations(beam.PTransform):
-    """(text_hash, (lang, translation)) for accepted entries of one translator, one per key."""
-
-    def __init__(self, store: StoreConfig, languages: Iterable[str]):
-        super().__init__()
-        self.store = store
-        self.languages = frozenset(languages)
-
-    def expand(self, pbegin):
-        return (pbegin
-                | "Entries" >> ReadStoreEntries(self.store, self.languages)
-                | "Accepted" >> beam.FlatMap(accepted_translation))
