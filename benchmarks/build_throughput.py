@@ -2,7 +2,13 @@
 webdataset's TarWriter, on the real COCO sample images replicated to N records; peak memory at each
 N (it must stay flat: the pipeline streams).
 
-    .venv/bin/python benchmarks/build_throughput.py --sizes 10000,100000 [--workdir DIR] [--multiprocess]
+    .venv/bin/python benchmarks/build_throughput.py --sizes 10000,100000 [--source parquet|coco]
+        [--workdir DIR] [--multiprocess]
+
+Sources: `parquet` (default) is a streaming source, one row per image (key, image path, caption
+list) in row groups of 1000, read with ReadFromParquet / pyarrow's iter_batches; `coco` is one
+captions JSON, which both sides must parse whole before the first caption can be joined to its image,
+so memory grows with N on both sides by construction.
 
 Both sides do the same work per image: read the bytes, decode fully with PIL, write `<key>.jpg` +
 `<key>.json` into tars of 1000 samples. Each measurement runs in a fresh process, under
@@ -11,15 +17,19 @@ Both sides do the same work per image: read the bytes, decode fully with PIL, wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,62 +37,126 @@ SAMPLE = REPO.parent / "shared" / "data" / "coco-val2017-sample"
 CLI = Path(sys.executable).with_name("florenz-data")
 SHARD_SIZE = 1000
 
-BASELINE = r'''
+WRITE_LOOP = r'''
 import io, json, sys
 from PIL import Image
 from webdataset import TarWriter
-captions_json, images, out = sys.argv[1:4]
-data = json.load(open(captions_json))
-by_image = {}
-for ann in data["annotations"]:
-    by_image.setdefault(ann["image_id"], []).append(ann["caption"])
+source, images, out = sys.argv[1:4]
 writer, n = None, 0
-for img in data["images"]:
+for key, file_name, captions in records(source):
     if n %% %(shard)d == 0:
         if writer: writer.close()
         writer = TarWriter(f"{out}/{n // %(shard)d:06d}.tar", mtime=0)
-    raw = open(f"{images}/{img['file_name']}", "rb").read()
+    raw = open(f"{images}/{file_name}", "rb").read()
     Image.open(io.BytesIO(raw)).load()
-    body = {"key": str(img["id"]), "annotations": [{"task": "caption", "lang": "en", "target": c}
-                                                   for c in by_image.get(img["id"], [])]}
-    writer.write({"__key__": f"coco_{img['id']}", "jpg": raw,
-                  "json": json.dumps(body, ensure_ascii=False, sort_keys=True).encode()})
+    body = {"key": key, "annotations": [{"task": "caption", "lang": "en", "target": c} for c in captions]}
+    writer.write({"__key__": key, "jpg": raw, "json": json.dumps(body, ensure_ascii=False, sort_keys=True).encode()})
     n += 1
 writer.close()
 ''' % {"shard": SHARD_SIZE}
 
+COCO_RECORDS = r'''
+import json
+def records(path):
+    data = json.load(open(path))
+    by_image = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann["caption"])
+    for img in data["images"]:
+        yield f"coco_{img['id']}", img["file_name"], by_image.get(img["id"], [])
+'''
 
-def replicate(n: int, root: Path) -> Path:
-    """A COCO captions JSON of n image entries cycling over the 100 real images and their captions."""
+PARQUET_RECORDS = r'''
+import pyarrow.parquet as pq
+def records(path):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1000):
+        for row in batch.to_pylist():
+            yield f"pq_{row['key']}", row["image_path"], row["captions"]
+'''
+
+BASELINES = {"coco": COCO_RECORDS + WRITE_LOOP, "parquet": PARQUET_RECORDS + WRITE_LOOP}
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+    """The sample's images cycled to n records, as one source: its file and its pipeline config."""
+
+    kind: str  # coco | parquet
+    path: Path
+    texts: frozenset[str]  # every caption text it holds
+
+    def source_config(self) -> dict:
+        if self.kind == "coco":
+            return {"name": "coco", "type": "coco", "captions": str(self.path), "images": str(SAMPLE / "images")}
+        return {"name": "pq", "type": "parquet", "files": str(self.path), "id_column": "key",
+                "caption_column": "captions", "image_path_column": "image_path", "image_root": str(SAMPLE / "images")}
+
+
+def replicate(n: int, root: Path, kind: str = "parquet") -> Replica:
+    """n image records cycling over the 100 real images and their captions, as a COCO captions JSON
+    or as Parquet (row groups of 1000)."""
     sample = json.loads((SAMPLE / "captions.json").read_text())
     captions: dict[int, list[str]] = {}
     for ann in sample["annotations"]:
         captions.setdefault(ann["image_id"], []).append(ann["caption"])
-    images, annotations = [], []
-    for i in range(n):
-        src = sample["images"][i % len(sample["images"])]
-        images.append({"id": i, "file_name": src["file_name"]})
-        annotations += [{"id": len(annotations), "image_id": i, "caption": c} for c in captions[src["id"]]]
-    path = root / f"captions-{n}.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations}))
-    return path
+    cycled = [sample["images"][i % len(sample["images"])] for i in range(n)]
+    texts = frozenset(c for caps in captions.values() for c in caps)
+    if kind == "coco":
+        images = [{"id": i, "file_name": src["file_name"]} for i, src in enumerate(cycled)]
+        annotations = [{"image_id": i, "caption": c} for i, src in enumerate(cycled) for c in captions[src["id"]]]
+        for j, ann in enumerate(annotations):
+            ann["id"] = j
+        path = root / f"captions-{n}.json"
+        path.write_text(json.dumps({"images": images, "annotations": annotations}))
+        return Replica(kind, path, texts)
+    table = pa.table({"key": [str(i) for i in range(n)], "image_path": [src["file_name"] for src in cycled],
+                      "captions": [captions[src["id"]] for src in cycled]})
+    path = root / f"records-{n}.parquet"
+    pq.write_table(table, path, row_group_size=SHARD_SIZE)
+    return Replica(kind, path, texts)
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS MiB of the largest process) of one command."""
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """One command's wall time and peak memory, sampled: of its largest process, of the command's own
+    process (the Beam runner: it holds the local runners' groupings) and of the largest
+    child (the SDK workers that run the DoFns, with --direct_running_mode multi_processing)."""
+
+    seconds: float
+    peak_rss: float  # MiB
+    main_rss: float
+    worker_rss: float
+
+
+def timed(cmd: list[str], every: float = 0.1) -> Measured:
+    """Run `cmd`, sampling the RSS of it and its descendants every `every` seconds."""
     start = time.perf_counter()
-    result = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peaks: dict[int, int] = {}
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+        except psutil.Error:
+            pass  # a process ended between listing and reading
+        time.sleep(every)
     seconds = time.perf_counter() - start
-    if result.returncode:
-        raise RuntimeError(f"{cmd} failed:\n{result.stderr[-3000:]}")
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-    return seconds, rss_kb / 1024
+    reader.join()
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} failed:\n{''.join(stderr)[-3000:]}")
+    mib = 1 / 2**20
+    main = peaks.pop(proc.pid, 0) * mib
+    workers = max(peaks.values(), default=0) * mib
+    return Measured(seconds, max(main, workers), main, workers)
 
 
-def beam_build(n: int, captions: Path, root: Path, extra: list[str]) -> tuple[float, float]:
+def beam_build(n: int, replica: Replica, root: Path, extra: list[str]) -> Measured:
     out = root / f"beam-{n}"
-    config = {"output": str(out), "sources": [{"name": "coco", "type": "coco", "captions": str(captions),
-                                               "images": str(SAMPLE / "images")}],
+    config = {"output": str(out), "sources": [replica.source_config()],
               "store": {"path": str(root / "store"), "fingerprint": "none"},
               "plan": {"languages": ["en", "de"], "caption_languages": ["en"], "translation_languages": ["de"],
                        "eval_fraction": 0.0, "seed": 0, "shard_size": SHARD_SIZE}}
@@ -96,49 +170,56 @@ def beam_build(n: int, captions: Path, root: Path, extra: list[str]) -> tuple[fl
     return result
 
 
-def baseline(n: int, captions: Path, root: Path) -> tuple[float, float]:
+def baseline(n: int, replica: Replica, root: Path) -> Measured:
     out = root / f"loop-{n}"
     out.mkdir()
-    result = timed([sys.executable, "-c", BASELINE, str(captions), str(SAMPLE / "images"), str(out)])
+    result = timed([sys.executable, "-c", BASELINES[replica.kind], str(replica.path), str(SAMPLE / "images"), str(out)])
     shutil.rmtree(out)
     return result
+
+
+METHODS = {"plain loop (TarWriter)": None, "Beam DirectRunner": [],
+           "Beam DirectRunner, 2 processes": ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]}
+
+
+def _mib(value: float) -> str:
+    return f"{value:.0f}" if value else "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--source", choices=sorted(BASELINES), default="parquet")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--multiprocess", action="store_true", help="also --direct_num_workers 2 multi_processing")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="florenz-bench-"))
     root.mkdir(parents=True, exist_ok=True)
+    methods = dict(list(METHODS.items())[:3 if args.multiprocess else 2])
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
-        captions = replicate(n, root)
-        base_s, base_rss = baseline(n, captions, root)
-        rows.append({"n": n, "method": "plain loop (TarWriter)", "s": base_s, "rss": base_rss, "base": base_s})
-        methods = [("Beam DirectRunner", [])]
-        if args.multiprocess:
-            methods.append(("Beam DirectRunner, 2 processes",
-                            ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]))
-        for name, extra in methods:
-            s, rss = beam_build(n, captions, root, extra)
-            rows.append({"n": n, "method": name, "s": s, "rss": rss, "base": base_s})
-        for row in rows[-len(methods) - 1:]:
-            print(f"  {row['n']:>7} {row['method']:<32} {row['s']:8.1f} s  {row['n'] / row['s']:8.1f}/s  "
-                  f"{row['rss']:8.0f} MiB", flush=True)
-    print("\n| records | method | seconds | samples/s | vs plain loop | peak RSS MiB |")
-    print("|---:|---|---:|---:|---:|---:|")
+        replica = replicate(n, root, args.source)
+        for name, extra in methods.items():
+            m = baseline(n, replica, root) if extra is None else beam_build(n, replica, root, extra)
+            rows.append({"n": n, "method": name, **dataclasses.asdict(m)})
+            print(f"  {n:>7} {name:<32} {m.seconds:8.1f} s  {n / m.seconds:8.1f}/s  {m.peak_rss:8.0f} MiB", flush=True)
+    print(f"\nsource: {args.source}; peak RSS sampled every 0.1 s; runner = the command's process, "
+          "workers = its largest child process")
+    print("| records | method | seconds | samples/s | vs plain loop | peak RSS MiB | runner MiB | workers MiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['method']} | {r['s']:.1f} | {r['n'] / r['s']:.0f} | "
-              f"{r['base'] / r['s']:.2f}x | {r['rss']:.0f} |")
+        base = next(b for b in rows if b["n"] == r["n"] and methods[b["method"]] is None)
+        print(f"| {r['n']:,} | {r['method']} | {r['seconds']:.1f} | {r['n'] / r['seconds']:.0f} | "
+              f"{base['seconds'] / r['seconds']:.2f}x | {r['peak_rss']:.0f} | {_mib(r['main_rss'])} | "
+              f"{_mib(r['worker_rss'])} |")
     sizes = sorted({r["n"] for r in rows})
     if len(sizes) > 1:
-        for method in dict.fromkeys(r["method"] for r in rows):
-            small = next(r for r in rows if r["method"] == method and r["n"] == sizes[0])
-            large = next(r for r in rows if r["method"] == method and r["n"] == sizes[-1])
-            print(f"peak RSS {method}: {large['rss'] / small['rss']:.2f}x from {sizes[0]:,} to {sizes[-1]:,} records")
+        for method in methods:
+            small, large = (next(r for r in rows if r["method"] == method and r["n"] == n) for n in (sizes[0], sizes[-1]))
+            growth = ", ".join(f"{part} {large[k] / small[k]:.2f}x" for part, k in
+                               (("peak", "peak_rss"), ("runner", "main_rss"), ("workers", "worker_rss")) if small[k])
+            print(f"RSS growth {sizes[0]:,} -> {sizes[-1]:,} records, {method}: {growth}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2))
 

@@ -1,8 +1,11 @@
 """The pipeline graphs.
 
-    build:     sources -> validation -> unique keys -> store lookup -> coverage -> shards + metadata
+    build:     sources -> validation -> store lookup -> coverage (dedup, rank) -> shards + metadata
     run:       the same, with the store's misses translated by vLLM on the way
-    translate: sources -> validation -> unique keys -> store lookup -> vLLM -> store (no shards)
+    translate: sources -> validation -> store lookup -> vLLM -> store (no shards)
+
+Only two groupings carry whole samples (the coverage step's buckets and the shards): the local
+runners hold every grouping in memory, so their per-sample size is what memory grows with.
 """
 from __future__ import annotations
 
@@ -14,11 +17,9 @@ import apache_beam as beam
 from schemas.config import RunConfig, TranslatorConfig
 from schemas.records import Rejection, SourceRecord
 from transforms.coverage import AssignCoverage
-from transforms.dedup import DedupKeys
 from transforms.finalize import WriteRunMetadata, WriteTranslationStats
 from transforms.missing import GateOnMissing
 from transforms.shard_writer import WriteShard
-from transforms.sharding import AssignShards
 from transforms.sources import ReadSource
 from transforms.translate import TranslateTexts
 from transforms.validate import REJECTED, ValidateRecord
@@ -26,7 +27,7 @@ from transforms.validate import REJECTED, ValidateRecord
 
 @dataclasses.dataclass(frozen=True)
 class ValidatedInputs:
-    images: beam.PCollection  # ValidImage, unique keys
+    images: beam.PCollection  # ValidImage; a key listed twice is still twice (coverage keeps one)
     read_counts: beam.PCollection  # (source, (images, captions))
     rejections: beam.PCollection  # Rejection
 
@@ -47,7 +48,7 @@ def _sum_pairs(pairs) -> tuple[int, int]:
 
 
 def read_inputs(p: beam.Pipeline, config: RunConfig) -> ValidatedInputs:
-    """Every source, validated and with unique keys; what was read and what was rejected."""
+    """Every source, validated; what was read and what was rejected."""
     read = [p | ReadSource(spec) for spec in config.sources]
     records = [r["records"] for r in read] | "AllRecords" >> beam.Flatten()
     source_rejects = [r["rejected"] for r in read] | "SourceRejects" >> beam.Flatten()
@@ -57,10 +58,8 @@ def read_inputs(p: beam.Pipeline, config: RunConfig) -> ValidatedInputs:
                    | "SumRead" >> beam.CombinePerKey(_sum_pairs))
     validated = records | "Validate" >> beam.ParDo(ValidateRecord(config.validation)).with_outputs(
         REJECTED, main="valid")
-    unique = validated.valid | "UniqueKeys" >> DedupKeys()
-    rejections = ((source_rejects, validated[REJECTED], unique[REJECTED])
-                  | "AllRejections" >> beam.Flatten())
-    return ValidatedInputs(unique.images, read_counts, rejections)
+    rejections = (source_rejects, validated[REJECTED]) | "AllRejections" >> beam.Flatten()
+    return ValidatedInputs(validated.valid, read_counts, rejections)
 
 
 def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[TranslatorConfig]) -> dict:
@@ -80,12 +79,12 @@ def build_shards(p: beam.Pipeline, config: RunConfig, translate: bool = False,
     inputs = read_inputs(p, config)
     translated = _translate(inputs, config, config.translator if translate else None)
     gate = {} if allow_missing else {"missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output)}
-    shards = ((inputs.images, translated["translations"])
-              | "Coverage" >> AssignCoverage(config.plan)
-              | "AssignShards" >> AssignShards(config.plan.shard_size)
+    planned = (inputs.images, translated["translations"]) | "Coverage" >> AssignCoverage(config.plan)
+    shards = (planned["members"]
               | "GroupShards" >> beam.GroupByKey()
               | "WriteShards" >> beam.ParDo(WriteShard(config.output), **gate))
-    return ((shards, inputs.read_counts, inputs.rejections, translated["summary"])
+    rejections = (inputs.rejections, planned["duplicates"]) | "WithDuplicates" >> beam.Flatten()
+    return ((shards, inputs.read_counts, rejections, translated["summary"])
             | "Finalize" >> WriteRunMetadata(config, gate))
 
 

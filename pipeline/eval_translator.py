@@ -20,8 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from schemas.arrow import STATUS_ACCEPTED
 from schemas.config import TranslatorConfig
-from schemas.records import normalize_text, text_hash
-from transforms.translator import TranslationOutcome, TranslationRequest, VLLMTranslationHandler
+from schemas.records import TranslationOutcome, TranslationRequest, normalize_text, text_hash
+from transforms.translator import VLLMTranslationHandler
 
 DEFAULT_MULTI30K = Path(os.environ.get("FLORENZ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "multi30k"
 

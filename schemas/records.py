@@ -25,7 +25,7 @@ SPLITS = (SPLIT_TRAIN, SPLIT_EVAL)
 IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ImageRef:
     """Where an image's bytes live: a whole file, a byte range of a file, or inline bytes."""
 
@@ -35,7 +35,7 @@ class ImageRef:
     inline: Optional[bytes] = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class SourceRecord:
     """One image and its raw English captions, as a source read them (nothing checked yet)."""
 
@@ -46,7 +46,7 @@ class SourceRecord:
     captions: tuple[Union[str, bytes], ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ValidImage:
     """An image that decoded and passed the size rules, with its cleaned, accepted captions."""
 
@@ -61,7 +61,30 @@ class ValidImage:
     captions: tuple[str, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+STATUS_FAILED = "failed"  # a translation that got no decided outcome: never stored, sent again later
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TranslationRequest:
+    """One English text to translate into one language (a translator-stage record)."""
+
+    text_hash: str
+    lang: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TranslationOutcome:
+    request: TranslationRequest
+    status: str  # accepted | rejected | failed
+    translation: Optional[str] = None
+    reason: Optional[str] = None
+    raw_output: Optional[str] = None  # the model's last answer, for a rejection
+    strict_retry: bool = False  # whether the stricter prompt was needed
+    requests_sent: int = 0  # HTTP requests this translation took, retries included
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Rejection:
     """Why one input (an image, or a single caption of one) did not reach a shard."""
 

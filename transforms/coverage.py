@@ -9,25 +9,48 @@ missing, per task-language, never dropped silently.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections import Counter
 from typing import Iterator, Mapping
 
 import apache_beam as beam
 
 from schemas.coverage import CoveragePlan
-from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION, ValidImage, text_hash
-from schemas.sample import Annotation, task_language
+from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION, ImageRef, ValidImage, text_hash
+from schemas.sample import Annotation, encode_sample_json, task_language
+from transforms.dedup import keep_first
+from transforms.sharding import Bucket, BucketOffsets, bucket_of, shard_position
+
+DUPLICATES = "duplicates"
 
 
-@dataclasses.dataclass(frozen=True)
-class PlannedSample:
-    """A valid image with its split, shuffle order and annotations, ready for a shard."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShardMember:
+    """A sample ready for its shard. Every one is held by the shard shuffle (in memory, on the local
+    runners), so it is compact: the sample's JSON member is already encoded and zlib-compressed,
+    and the image is still a reference that only the shard writer reads."""
 
-    image: ValidImage
+    key: str
     split: str
-    order: int
-    annotations: tuple[Annotation, ...]
+    source: str
+    source_id: str
+    image: ImageRef
+    image_format: str
+    width: int
+    height: int
+    sha256: str
+    captions: int
+    annotations: tuple[tuple[str, int], ...]  # (task-lang, count), sorted
     missing: tuple[tuple[str, int], ...]  # (task-lang, count), sorted
+    body: bytes  # zlib(JSON member)
+
+    def metadata(self) -> dict:
+        """What the sample's JSON and its manifest row say about it besides its annotations."""
+        return {"key": self.key, "split": self.split, "source": self.source, "source_id": self.source_id,
+                "width": self.width, "height": self.height, "sha256": self.sha256}
+
+    def json_member(self) -> bytes:
+        return zlib.decompress(self.body)
 
 
 def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
@@ -53,37 +76,67 @@ def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
     return annotations, missing
 
 
-def _uses(image: ValidImage) -> Iterator[tuple[str, str]]:
+def shard_member(image: ValidImage, split: str, plan: CoveragePlan,
+                 translations: Mapping[str, Mapping[str, str]]) -> ShardMember:
+    annotations, missing = plan_annotations(image, split, plan, translations)
+    for task_lang, n in missing.items():
+        beam.metrics.Metrics.counter("coverage", f"missing_{task_lang}").inc(n)
+    counts = Counter(task_language(a.task, a.lang) for a in annotations)
+    member = ShardMember(image.key, split, image.source, image.source_id, image.image, image.image_format,
+                         image.width, image.height, image.sha256, len(image.captions),
+                         tuple(sorted(counts.items())), tuple(sorted(missing.items())), b"")
+    body = encode_sample_json(member.metadata(), annotations)
+    return dataclasses.replace(member, body=zlib.compress(body, 1))
+
+
+def _uses(image: ValidImage, plan: CoveragePlan) -> Iterator[tuple[str, tuple[Bucket, str]]]:
+    """(text_hash, (bucket, key)) per distinct caption: where the caption's translations must go."""
+    bucket = bucket_of(plan, image.key)
     for h in sorted({text_hash(c) for c in image.captions}):
-        yield h, image.key
+        yield h, (bucket, image.key)
 
 
-def _fan_out(item: tuple[str, dict]) -> Iterator[tuple[str, tuple[str, dict[str, str]]]]:
-    """(text_hash, {uses, store}) -> (image key, (text_hash, {lang: translation})) per use."""
+def _fan_out(item: tuple[str, dict]) -> Iterator[tuple[Bucket, tuple[str, str, tuple[tuple[str, str], ...]]]]:
+    """(text_hash, {uses, store}) -> (bucket, (image key, text_hash, ((lang, translation), ...))) per use."""
     text, grouped = item
-    found = dict(grouped["store"])
-    for key in grouped["uses"]:
-        yield key, (text, found)
+    found = tuple(sorted(dict(grouped["store"]).items()))
+    if not found:
+        return  # nothing to carry: the bucket counts what is missing on its own
+    for bucket, key in set(grouped["uses"]):
+        yield bucket, (key, text, found)
 
 
-class _BuildSample(beam.DoFn):
+class _PlanBucket(beam.DoFn):
+    """One bucket's images and their translations -> ((split, shard), (position, ShardMember)) per
+    unique key, ranked by (order, key); duplicate keys to the `duplicates` output."""
+
     def __init__(self, plan: CoveragePlan):
         self.plan = plan
 
-    def process(self, item: tuple[str, dict]) -> Iterator[tuple[str, PlannedSample]]:
-        key, grouped = item
-        (image,) = grouped["image"]
-        translations = dict(grouped["translations"])
-        split = self.plan.split_of(key)
-        annotations, missing = plan_annotations(image, split, self.plan, translations)
-        for task_lang, n in missing.items():
-            beam.metrics.Metrics.counter("coverage", f"missing_{task_lang}").inc(n)
-        yield key, PlannedSample(image, split, self.plan.order_of(key), tuple(annotations),
-                                 tuple(sorted(missing.items())))
+    def process(self, item: tuple[Bucket, dict], offsets: Mapping[Bucket, int]) -> Iterator:
+        (split, bucket), grouped = item
+        images: dict[str, list[ValidImage]] = {}
+        for image in grouped["image"]:
+            images.setdefault(image.key, []).append(image)
+        translations: dict[str, dict[str, dict[str, str]]] = {}
+        for key, text, found in grouped["translations"]:
+            translations.setdefault(key, {})[text] = dict(found)
+        ranked = sorted(images, key=lambda k: (self.plan.order_of(k), k))
+        for i, key in enumerate(ranked):
+            image, duplicates = keep_first(key, images[key])
+            for rejection in duplicates:
+                yield beam.pvalue.TaggedOutput(DUPLICATES, rejection)
+            shard, position = shard_position(offsets[(split, bucket)] + i, self.plan.shard_size)
+            yield (split, shard), (position, shard_member(image, split, self.plan, translations.get(key, {})))
 
 
 class AssignCoverage(beam.PTransform):
-    """ValidImage (unique keys) + store entries (text_hash, (lang, translation)) -> (key, PlannedSample)."""
+    """ValidImage (duplicate keys allowed) + store entries (text_hash, (lang, translation)) ->
+    {"members": ((split, shard), (position, ShardMember)), "duplicates": duplicate-key Rejections}.
+
+    One grouping brings each bucket's images, their translations and their ranks together; the
+    translations reach it through a join on text hash (a text's translations meet every image
+    that uses it)."""
 
     def __init__(self, plan: CoveragePlan):
         super().__init__()
@@ -91,12 +144,15 @@ class AssignCoverage(beam.PTransform):
 
     def expand(self, inputs: tuple):
         images, store = inputs
-        uses = images | "CaptionUses" >> beam.FlatMap(_uses)
-        per_image = ({"uses": uses, "store": store}
-                     | "JoinStore" >> beam.CoGroupByKey()
-                     | "FanOut" >> beam.FlatMap(_fan_out))
-        return ({"image": images | "ByKey" >> beam.Map(lambda im: (im.key, im)),
-                 "translations": per_image}
-                | "JoinImages" >> beam.CoGroupByKey()
-                | "Build" >> beam.ParDo(_BuildSample(self.plan)))
-
+        plan = self.plan
+        uses = images | "CaptionUses" >> beam.FlatMap(_uses, plan=plan)
+        translations = ({"uses": uses, "store": store}
+                        | "JoinStore" >> beam.CoGroupByKey()
+                        | "FanOut" >> beam.FlatMap(_fan_out))
+        offsets = images | "Keys" >> beam.Map(lambda im: im.key) | "Offsets" >> BucketOffsets(plan)
+        planned = ({"image": images | "ByBucket" >> beam.Map(lambda im: (bucket_of(plan, im.key), im)),
+                    "translations": translations}
+                   | "JoinBuckets" >> beam.CoGroupByKey()
+                   | "PlanBuckets" >> beam.ParDo(_PlanBucket(plan), offsets=offsets).with_outputs(
+                       DUPLICATES, main="members"))
+        return {"members": planned.members, "duplicates": planned[DUPLICATES]}

@@ -1,30 +1,18 @@
-"""One image per sample key: the same image listed twice in a source must not become two samples."""
+"""One image per sample key: the same image listed twice in a source must not become two samples.
+
+Duplicates meet where a sample's data is first grouped by key (the coverage step's bucket), so
+finding them costs no shuffle of its own.
+"""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
-
-import apache_beam as beam
+from typing import Iterable
 
 from schemas.records import Rejection, ValidImage
 
-REJECTED = "rejected"
 
-
-def _keep_first(item: tuple[str, Iterable[ValidImage]]) -> Iterator:
-    """Keep the smallest (source_id, sha256), whatever the arrival order; reject the others."""
-    key, images = item
+def keep_first(key: str, images: Iterable[ValidImage]) -> tuple[ValidImage, list[Rejection]]:
+    """The smallest (source_id, sha256), whatever the arrival order, and a rejection for each other."""
     ordered = sorted(images, key=lambda im: (im.source_id, im.sha256))
-    yield ordered[0]
-    for dup in ordered[1:]:
-        yield beam.pvalue.TaggedOutput(REJECTED, Rejection(dup.source, key, "image", "duplicate_key",
-                                                           f"source_id {dup.source_id}", len(dup.captions)))
-
-
-class DedupKeys(beam.PTransform):
-    """ValidImage -> ValidImage with unique keys (main) and `rejected` duplicates."""
-
-    def expand(self, images):
-        return (images
-                | "ByKey" >> beam.Map(lambda im: (im.key, im))
-                | "Group" >> beam.GroupByKey()
-                | "KeepFirst" >> beam.FlatMap(_keep_first).with_outputs(REJECTED, main="images"))
+    rejections = [Rejection(dup.source, key, "image", "duplicate_key", f"source_id {dup.source_id}", len(dup.captions))
+                  for dup in ordered[1:]]
+    return ordered[0], rejections

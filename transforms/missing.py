@@ -9,8 +9,8 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.records import TranslationRequest
 from transforms.atomic import join, write_bytes_atomic
-from transforms.translator import TranslationRequest
 
 MISSING_TEXTS = "missing_translations.jsonl"
 MISSING_SUMMARY = "missing_translations.json"

@@ -10,18 +10,18 @@ import dataclasses
 import hashlib
 import io
 import logging
+import tarfile
 from collections import Counter
 from typing import Iterable, Iterator
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from webdataset import TarWriter
 
 from schemas.arrow import MANIFEST_SCHEMA
-from schemas.sample import JSON_EXTENSION, encode_sample_json, task_language
+from schemas.sample import JSON_EXTENSION
 from transforms.atomic import TMP_DIR, atomic_create, join, write_bytes_atomic
-from transforms.coverage import PlannedSample
+from transforms.coverage import ShardMember
 from transforms.image_io import read_image_bytes
 
 MANIFEST_PARTS_DIR = "_manifest_parts"
@@ -52,19 +52,24 @@ class ShardResult:
     missing: dict[str, int]  # task-lang -> n
 
 
-def sample_metadata(sample: PlannedSample) -> dict:
-    im = sample.image
-    return {"key": im.key, "split": sample.split, "source": im.source, "source_id": im.source_id,
-            "width": im.width, "height": im.height, "sha256": im.sha256}
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """One member with fixed metadata (owner, mode, mtime 0), as webdataset's TarWriter writes it."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime, info.uname, info.gname = len(data), 0o444, 0, "florenz", "florenz"
+    tar.addfile(info, io.BytesIO(data))
 
 
 class WriteShard(beam.DoFn):
-    """((split, index), [(position, PlannedSample)]) -> ShardResult, after an atomic write."""
+    """((split, index), [(position, ShardMember)]) -> ShardResult, after an atomic write.
+
+    The tar is written with the standard library, in webdataset's layout (members of a sample
+    adjacent, extensions in sorted order, USTAR): importing webdataset would import torch into every
+    worker (~350 MiB each) for a writer that needs none of it."""
 
     def __init__(self, output: str):
         self.output = output
 
-    def process(self, item: tuple[tuple[str, int], Iterable[tuple[int, PlannedSample]]],
+    def process(self, item: tuple[tuple[str, int], Iterable[tuple[int, ShardMember]]],
                 missing: int = 0) -> Iterator[ShardResult]:
         if missing:  # the build stops: translations it needs are missing (transforms/missing.py)
             return
@@ -74,23 +79,21 @@ class WriteShard(beam.DoFn):
         images, captions = Counter(), Counter()
         relpath = shard_relpath(split, index)
         with atomic_create(join(self.output, relpath), join(self.output, TMP_DIR)) as stream:
-            with TarWriter(stream, user="florenz", group="florenz", mode=0o444, mtime=0) as tar:
+            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
                 for position, sample in members:
-                    im = sample.image
-                    data = read_image_bytes(im.image)
-                    if hashlib.sha256(data).hexdigest() != im.sha256:
-                        raise RuntimeError(f"{im.key}: image bytes changed since validation ({im.image.uri})")
-                    tar.write({"__key__": im.key, im.image_format: data,
-                               JSON_EXTENSION: encode_sample_json(sample_metadata(sample),
-                                                                  list(sample.annotations))})
-                    counts = Counter(task_language(a.task, a.lang) for a in sample.annotations)
-                    totals.update(counts)
+                    data = read_image_bytes(sample.image)
+                    if hashlib.sha256(data).hexdigest() != sample.sha256:
+                        raise RuntimeError(f"{sample.key}: image bytes changed since validation ({sample.image.uri})")
+                    for ext, content in sorted({sample.image_format: data,
+                                                JSON_EXTENSION: sample.json_member()}.items()):
+                        _add_member(tar, f"{sample.key}.{ext}", content)
+                    totals.update(dict(sample.annotations))
                     missing.update(dict(sample.missing))
-                    images[im.source] += 1
-                    captions[im.source] += len(im.captions)
-                    rows.append({**sample_metadata(sample), "shard": relpath, "position": position,
-                                 "image_format": im.image_format, "captions": len(im.captions),
-                                 "annotations": sorted(counts.items()), "missing": list(sample.missing)})
+                    images[sample.source] += 1
+                    captions[sample.source] += sample.captions
+                    rows.append({**sample.metadata(), "shard": relpath, "position": position,
+                                 "image_format": sample.image_format, "captions": sample.captions,
+                                 "annotations": list(sample.annotations), "missing": list(sample.missing)})
         self._write_manifest_part(split, index, rows)
         beam.metrics.Metrics.counter("shards", f"{split}_samples").inc(len(rows))
         log.info("wrote %s (%d samples)", relpath, len(rows))

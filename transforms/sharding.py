@@ -1,25 +1,30 @@
 """Deterministic shard assignment with a hard maximum of samples per shard.
 
 Samples are ranked within their split by the plan's seeded order (a shuffle that never depends on
-arrival order). Ranking is done without collecting a split on one worker: the order space is cut
-into buckets, bucket sizes are counted (a small side input), each bucket's (order, key) pairs are
-sorted on their own, and a sample's rank is its bucket's offset plus its rank inside the bucket.
-shard = rank // shard_size, position = rank % shard_size.
+arrival order). Split and order are functions of the key alone, so ranking needs no sample data:
+the order space is cut into buckets, the unique keys per bucket are counted (a small side input of
+bucket offsets), and each bucket's samples, grouped once, are ranked on their own. A sample's rank
+is its bucket's offset plus its rank inside the bucket; shard = rank // shard_size,
+position = rank % shard_size.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import Mapping
 
 import apache_beam as beam
 
+from schemas.coverage import CoveragePlan
+
 BUCKET_BITS = 12  # 4096 buckets per split: ~2.5k keys per bucket at 10M images
 
-
-def _bucket(order: int) -> int:
-    return order >> (64 - BUCKET_BITS)
+Bucket = tuple[str, int]  # (split, bucket index)
 
 
-def _offsets(counts: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+def bucket_of(plan: CoveragePlan, key: str) -> Bucket:
+    return plan.split_of(key), plan.order_of(key) >> (64 - BUCKET_BITS)
+
+
+def _offsets(counts: Mapping[Bucket, int]) -> dict[Bucket, int]:
     """Rank of each bucket's first sample within its split: a running sum in bucket order."""
     offsets, running = {}, {}
     for split, bucket in sorted(counts):
@@ -28,39 +33,24 @@ def _offsets(counts: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int
     return offsets
 
 
-def _rank_bucket(item: tuple[tuple[str, int], Iterable[tuple[int, str]]],
-                 offsets: Mapping[tuple[str, int], int], shard_size: int) -> Iterator:
-    (split, bucket), members = item
-    offset = offsets[(split, bucket)]
-    for i, (_, key) in enumerate(sorted(members)):
-        rank = offset + i
-        yield key, (split, rank // shard_size, rank % shard_size)
+def shard_position(rank: int, shard_size: int) -> tuple[int, int]:
+    """(shard index, position in the shard) of the sample ranked `rank` in its split."""
+    return rank // shard_size, rank % shard_size
 
 
-class AssignShards(beam.PTransform):
-    """(key, PlannedSample) -> ((split, shard_index), (position, PlannedSample))."""
+class BucketOffsets(beam.PTransform):
+    """Sample keys (duplicates allowed) -> a singleton side input {(split, bucket): first rank}."""
 
-    def __init__(self, shard_size: int):
+    def __init__(self, plan: CoveragePlan):
         super().__init__()
-        self.shard_size = shard_size
+        self.plan = plan
 
-    def expand(self, samples):
-        orders = samples | "Order" >> beam.MapTuple(
-            lambda key, s: ((s.split, _bucket(s.order)), (s.order, key)))
-        offsets = (orders
-                   | "BucketSizes" >> beam.combiners.Count.PerKey()
-                   | "AsOneDict" >> beam.combiners.ToDict()
-                   | "Offsets" >> beam.Map(_offsets))
-        positions = (orders
-                     | "GroupBuckets" >> beam.GroupByKey()
-                     | "Rank" >> beam.FlatMap(_rank_bucket, offsets=beam.pvalue.AsSingleton(offsets),
-                                              shard_size=self.shard_size))
-        return ({"sample": samples, "position": positions}
-                | "JoinPositions" >> beam.CoGroupByKey()
-                | "ByShard" >> beam.MapTuple(_by_shard))
-
-
-def _by_shard(key: str, grouped: dict) -> tuple[tuple[str, int], tuple[int, object]]:
-    (sample,) = grouped["sample"]
-    ((split, shard, position),) = grouped["position"]
-    return (split, shard), (position, sample)
+    def expand(self, keys):
+        plan = self.plan
+        return beam.pvalue.AsSingleton(
+            keys
+            | "UniqueKeys" >> beam.Distinct()
+            | "Bucket" >> beam.Map(lambda key: bucket_of(plan, key))
+            | "BucketSizes" >> beam.combiners.Count.PerElement()
+            | "AsOneDict" >> beam.combiners.ToDict()
+            | "Offsets" >> beam.Map(_offsets))

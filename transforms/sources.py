@@ -132,20 +132,20 @@ class ReadSource(beam.PTransform):
     def expand(self, pbegin):
         spec = self.spec
         if isinstance(spec, CocoSource):
-            raw = (pbegin | "Spec" >> beam.Create([spec]) | "ParseCoco" >> beam.FlatMap(parse_coco))
+            # One document parsed by one worker: spread its records so validation runs everywhere.
+            raw = (pbegin | "Spec" >> beam.Create([spec]) | "ParseCoco" >> beam.FlatMap(parse_coco)
+                   | "Spread" >> beam.Reshuffle())
         elif isinstance(spec, WebDatasetSource):
             raw = (pbegin
                    | "Match" >> fileio.MatchFiles(spec.urls)
                    | "Urls" >> beam.Map(lambda m: m.path)
                    | "SpreadUrls" >> beam.Reshuffle()
                    | "ParseTars" >> beam.FlatMap(lambda url, s=spec: parse_webdataset_tar(s, url)))
-        else:
+        else:  # ReadFromParquet splits by row group on its own
             columns = [c for c in (spec.id_column, spec.caption_column, spec.image_column,
                                    spec.image_path_column) if c]
             raw = (pbegin
                    | "ReadParquet" >> beam.io.ReadFromParquet(spec.files, columns=columns)
                    | "Parse" >> beam.Map(lambda row, s=spec: parse_parquet_row(s, row)))
-        routed = (raw
-                  | "Spread" >> beam.Reshuffle()
-                  | "Route" >> beam.ParDo(_Route()).with_outputs(REJECTED, main="records"))
+        routed = raw | "Route" >> beam.ParDo(_Route()).with_outputs(REJECTED, main="records")
         return {"records": routed.records, "rejected": routed[REJECTED]}

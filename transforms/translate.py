@@ -11,17 +11,15 @@ from collections import Counter
 from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
 
 from schemas.arrow import STATUS_ACCEPTED
 from schemas.config import StoreConfig, TranslatorConfig
-from schemas.records import text_hash
+from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest, text_hash
 from transforms.counting import SumCounts
 from transforms.translation_store import ReadStoreEntries, StoreEntry, write_store_part
-from transforms.translator import (NAMESPACE, STATUS_FAILED, TranslationOutcome, TranslationRequest,
-                                   VLLMTranslationHandler)
 
 MISSES = "misses"
+NAMESPACE = "translate"  # Beam metrics of the translate stage
 log = logging.getLogger(__name__)
 
 
@@ -118,6 +116,12 @@ class TranslateTexts(beam.PTransform):
         counts = [looked_up.hits | "HitCounts" >> beam.Map(lambda hit: hit[1])]
         translations = [hits | "HitTranslations" >> beam.FlatMap(_accepted_hit)]
         if self.translator is not None:
+            # Imported here: Beam's RunInference imports torch when it is installed (~500 MiB in
+            # every worker), which a build that only reads the store does not need.
+            from apache_beam.ml.inference.base import RunInference
+
+            from transforms.translator import VLLMTranslationHandler
+
             outcomes = (looked_up[MISSES]
                         | "Translate" >> RunInference(VLLMTranslationHandler(self.translator))
                         | "AppendToStore" >> beam.ParDo(_AppendToStore(self.store, self.translator.batch_size)))

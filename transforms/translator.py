@@ -24,33 +24,15 @@ from apache_beam.ml.inference.base import ModelHandler
 from schemas.arrow import STATUS_ACCEPTED, STATUS_REJECTED
 from schemas.config import TranslatorConfig
 from schemas.prompts import max_tokens_for, translation_messages
+from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest
+from transforms.translate import NAMESPACE
 from transforms.translation_checks import check_translation
 from transforms.vllm_server import EndpointPool, ManagedVLLMServer
 
-STATUS_FAILED = "failed"  # never stored: a later run sends it again
-NAMESPACE = "translate"
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 20.0
 
 Backend = Union[EndpointPool, ManagedVLLMServer]
-
-
-@dataclasses.dataclass(frozen=True)
-class TranslationRequest:
-    text_hash: str
-    lang: str
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class TranslationOutcome:
-    request: TranslationRequest
-    status: str  # accepted | rejected | failed
-    translation: Optional[str] = None
-    reason: Optional[str] = None
-    raw_output: Optional[str] = None  # the model's last answer, for a rejection
-    strict_retry: bool = False  # whether the stricter prompt was needed
-    requests_sent: int = 0  # HTTP requests this translation took, retries included
 
 
 class RequestFailed(Exception):
