@@ -11,8 +11,8 @@ captions JSON, which both sides must parse whole before the first caption can be
 so memory grows with N on both sides by construction.
 
 Both sides do the same work per image: read the bytes, decode fully with PIL, write `<key>.jpg` +
-`<key>.json` into tars of 1000 samples. Each measurement runs in a fresh process, under
-/usr/bin/time -v, so its peak RSS is its own.
+`<key>.json` into tars of 1000 samples. Each measurement runs in a fresh process whose RSS (and its
+child processes') is sampled every 0.1 s, so its peak is its own.
 """
 from __future__ import annotations
 
