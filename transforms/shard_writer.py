@@ -64,7 +64,7 @@ class WriteShard(beam.DoFn):
 
     The tar is written with the standard library, in webdataset's layout (members of a sample
     adjacent, extensions in sorted order, USTAR): importing webdataset would import torch into every
-    worker (~350 MiB each) for a writer that needs none of it."""
+    worker (~500 MiB each) for a writer that needs none of it."""
 
     def __init__(self, output: str):
         self.output = output

@@ -13,7 +13,6 @@ Differs from Beam's VLLMChatModelHandler where translation at scale needs it to:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from typing import Any, Iterable, Optional, Sequence, Union
 
