@@ -1,6 +1,7 @@
 """Benchmark: the Beam shard build vs a plain single-process loop writing the same shards with
 webdataset's TarWriter, on the real COCO sample images replicated to N records; peak memory at each
-N (it must stay flat: the pipeline streams).
+N (the pipeline's DoFns stream, but the DirectRunner holds its groupings in memory: see
+runner_memory.py).
 
     .venv/bin/python benchmarks/build_throughput.py --sizes 10000,100000 [--source parquet|coco]
         [--workdir DIR] [--multiprocess]

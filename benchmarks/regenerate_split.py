@@ -51,9 +51,8 @@ def build(name: str, plan: dict, replica: Replica, root: Path, beam_args: list[s
     translation = stats["translation"]
     if translation.get("sent") or translation.get("translated") or translation.get("not_in_store"):
         raise RuntimeError(f"{name}: the build called or needed the translator: {translation}")
-    return {"seconds": measured.seconds, "rss": measured.peak_rss, "images": stats["images"]["written"], "requests": translation["requested"],
-            "cache_hits": translation.get("cache_hits_accepted", 0),
-            "train": stats["splits"]["train"]["annotations"]}
+    return {"seconds": measured.seconds, "rss": measured.peak_rss, "images": stats["images"]["written"],
+            "cache_hits": translation.get("cache_hits_accepted", 0), "train": stats["splits"]["train"]["annotations"]}
 
 
 def main() -> int:
