@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, find_input_error
 
 if TYPE_CHECKING:
     from schemas.config import RunConfig
@@ -241,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args, rest)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # runners wrap a worker's InputError in their own types: find it by its tag
+        message = find_input_error(str(e))
+        if message is None:
+            raise
+        print(f"input error: {message}", file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import uuid
 from typing import BinaryIO, Iterator
 
@@ -18,6 +19,15 @@ TMP_DIR = "_tmp"
 
 def join(*parts: str) -> str:
     return FileSystems.join(*parts)
+
+
+_GLOB_CHARS = re.compile(r"([*?\[\]])")
+
+
+def glob_escape(path: str) -> str:
+    """`path` as a FileSystems.match pattern matching only itself: Beam's patterns have no escape
+    character, so each of * ? [ ] becomes a one-character class ([[], []], ...)."""
+    return _GLOB_CHARS.sub(r"[\1]", path)
 
 
 def ensure_dir(path: str) -> None:
