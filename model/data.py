@@ -17,9 +17,10 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms
 
@@ -30,6 +31,7 @@ from schemas.sample import Annotation, decode_sample_json, task_language
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 def image_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
@@ -42,10 +44,31 @@ def image_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
 
 
 def decode_image(sample: Mapping[str, Any]) -> Image.Image:
+    """A shard sample's image as the model sees it (see to_rgb); every loader path decodes here."""
     for ext in IMAGE_EXTENSIONS:
         if ext in sample:
-            return Image.open(io.BytesIO(sample[ext])).convert("RGB")
+            return to_rgb(Image.open(io.BytesIO(sample[ext])))
     raise ValueError(f"sample {sample.get('__key__')} has no image ({', '.join(IMAGE_EXTENSIONS)})")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB: the EXIF orientation applied (a phone photo is stored sideways and tagged),
+    16-bit grey scaled to 8 bits (Pillow's own conversion clips it at 255), and transparency composited
+    on white (transparent pixels' colours are arbitrary, often black; white is how they are shown)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):
+        image = _grey_to_8bit(image)
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
+
+
+def _grey_to_8bit(image: Image.Image) -> Image.Image:
+    """Mode I;16* (16-bit) or I (32-bit int, how Pillow opens some 16-bit files): the top 8 of 16 bits;
+    values outside 0..65535 (not from a 16-bit file) are clipped to it first."""
+    values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+    return Image.fromarray((values >> 8).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def _rng(*parts: object) -> random.Random:

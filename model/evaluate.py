@@ -20,7 +20,7 @@ import sacrebleu
 import torch
 from pycocoevalcap.cider.cider import Cider
 
-from model.checkpoint import latest_checkpoint
+from model.checkpoint import CheckpointError, latest_checkpoint
 from model.data import Collator, Example, eval_examples, image_transform, shard_urls
 from model.eval_loss import batched, output_plan, test_sets
 from model.generate import generate
@@ -109,11 +109,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--results", default=None, help="results JSON (default: RUN/eval-<step>.json)")
     args = parser.parse_args(argv)
     config = load_train_config(args.config)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(config.run.out, "checkpoints"))
-    if checkpoint is None:
-        parser.error(f"no checkpoint in {config.run.out}/checkpoints")
-    results = evaluate(config, checkpoint, args.beams, args.prefix, args.max_images, args.max_new_tokens,
-                       args.batch_size)
+    try:
+        checkpoint = (Path(args.checkpoint) if args.checkpoint
+                      else latest_checkpoint(Path(config.run.out, "checkpoints")))
+        if checkpoint is None:
+            parser.error(f"no checkpoint in {config.run.out}/checkpoints")
+        results = evaluate(config, checkpoint, args.beams, args.prefix, args.max_images, args.max_new_tokens,
+                           args.batch_size)
+    except CheckpointError as error:  # a checkpoint or `latest` pointer that cannot be loaded
+        print(f"checkpoint error: {error}", file=sys.stderr)
+        return 2
     path = Path(args.results or Path(config.run.out, f"eval-{checkpoint.name}.json"))
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True))
     print(json.dumps({k: v for k, v in results.items() if k != "keys"}, sort_keys=True))

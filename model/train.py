@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from model.data import (AnnotationSampler, Collator, ResumableShardStream, image_transform, shard_urls,
                         split_key_counts, train_loader)
 from model.eval_loss import evaluate_loss
@@ -213,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
                         "for the stop only: the schedule keeps the config's length)")
     args = parser.parse_args(argv)
     config = load_train_config(args.config)
-    summary = train(config, stop_at=args.steps)
+    try:
+        summary = train(config, stop_at=args.steps)
+    except CheckpointError as error:  # a checkpoint or `latest` pointer that cannot be resumed from
+        print(f"checkpoint error: {error}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, sort_keys=True))
     return 0 if summary["ranks_agree"] else 1

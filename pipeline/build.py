@@ -67,9 +67,11 @@ def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[
     return texts | "Translations" >> TranslateTexts(config.store, translator, config.plan.translation_languages)
 
 
-def build_shards(p: beam.Pipeline, config: RunConfig, translate: bool = False,
+def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bool = False,
                  allow_missing: bool = False) -> beam.PCollection:
     """Add the whole build to `p` (translating store misses when `translate`); returns the stats.
+    `run_id` names the run that holds the output's lease (transforms/lease.py): its temporary files
+    live in its own run folder, and it marks the output complete only while it holds the lease.
 
     Unless `allow_missing`, a translation the plan needs that is neither stored nor translated now
     stops the build before it writes anything: every writing step takes the count of missing
@@ -82,15 +84,15 @@ def build_shards(p: beam.Pipeline, config: RunConfig, translate: bool = False,
     planned = (inputs.images, translated["translations"]) | "Coverage" >> AssignCoverage(config.plan)
     shards = (planned["members"]
               | "GroupShards" >> beam.GroupByKey()
-              | "WriteShards" >> beam.ParDo(WriteShard(config.output), **gate))
+              | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id), **gate))
     rejections = (inputs.rejections, planned["duplicates"]) | "WithDuplicates" >> beam.Flatten()
     return ((shards, inputs.read_counts, rejections, translated["summary"])
-            | "Finalize" >> WriteRunMetadata(config, gate))
+            | "Finalize" >> WriteRunMetadata(config, run_id, gate))
 
 
-def translate_store(p: beam.Pipeline, config: RunConfig) -> beam.PCollection:
+def translate_store(p: beam.Pipeline, config: RunConfig, run_id: str) -> beam.PCollection:
     """Fill the store for every caption the sources hold; returns the translation summary."""
     if config.translator is None:
         raise ValueError("translate needs a `translator` section in the config")
     translated = _translate(read_inputs(p, config), config, config.translator)
-    return translated["summary"] | "WriteStats" >> beam.ParDo(WriteTranslationStats(config.output))
+    return translated["summary"] | "WriteStats" >> beam.ParDo(WriteTranslationStats(config.output, run_id))

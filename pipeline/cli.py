@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from schemas.errors import ConfigError, find_input_error
+from schemas.errors import ConfigError, HideTaggedErrors, find_tagged_error
 
 if TYPE_CHECKING:
     from schemas.config import RunConfig
@@ -48,20 +48,25 @@ def _load(args: argparse.Namespace):
 
 
 def _pipeline(args: argparse.Namespace, rest: list[str], build) -> Optional[RunConfig]:
-    """Run `build` on a new pipeline (None for a dry run, which runs nothing)."""
+    """Run `build(p, config, run_id)` on a new pipeline under the output's lease (None for a dry
+    run, which runs nothing)."""
     import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms.finalize import clear_run_markers
+    from pipeline.output_run import output_run
 
     config = _load(args)
+    options = PipelineOptions(_beam_args(rest))
+    FileSystems.set_options(options)  # before the first I/O: object stores take their settings from them
     if args.dry_run:
-        _dry_run(PipelineOptions(_beam_args(rest)), config, build)
+        _dry_run(options, config, lambda p, c: build(p, c, "dry-run"))
         return None
-    clear_run_markers(config.output)
-    logging.info("%s: %s, %d source(s) -> %s", args.command, args.config, len(config.sources), config.output)
-    with beam.Pipeline(options=PipelineOptions(_beam_args(rest))) as p:
-        build(p, config)
+    with output_run(config, args.command, writes_store=args.command in ("translate", "run")) as run_id:
+        logging.info("%s: %s, %d source(s) -> %s (run %s)", args.command, args.config, len(config.sources),
+                     config.output, run_id)
+        with beam.Pipeline(options=options) as p:
+            build(p, config, run_id)
     return config
 
 
@@ -104,20 +109,34 @@ def _build(args: argparse.Namespace, rest: list[str]) -> int:
     from transforms.missing import MISSING_TEXTS, read_missing_summary
 
     translate = args.command == "run"
-    config = _pipeline(args, rest, lambda p, c: build_shards(p, c, translate=translate,
-                                                             allow_missing=args.allow_missing_translations))
+    config = _pipeline(args, rest, lambda p, c, run_id: build_shards(
+        p, c, run_id, translate=translate, allow_missing=args.allow_missing_translations))
     if config is None:  # a dry run
         return 0
     missing = read_missing_summary(config.output)
     if missing is not None:
+        texts = Path(config.output, MISSING_TEXTS)
         per_language = ", ".join(f"{lang} {n}" for lang, n in missing["per_language"].items())
-        print(f"stopped before writing shards: {missing['total']} translations the plan needs are not in the "
-              f"store ({per_language}); the texts are in {Path(config.output, MISSING_TEXTS)}.\n"
-              "Translate only these with `florenz-data run CONFIG` (a translator section or --endpoint/--model), "
-              "or build without them: --allow-missing-translations.", file=sys.stderr)
+        per_reason = missing.get("per_reason", {})
+        failed = {k: v for k, v in per_reason.items() if k.startswith("failed_")}
+        if failed:  # the translator was asked and failed: say why, not "run the command you just ran"
+            print(f"stopped before writing shards: the translator failed on {sum(failed.values())} of the "
+                  f"translations the plan needs ({per_language}):", file=sys.stderr)
+            for line in _failure_lines(failed, missing.get("examples", {})):
+                print(line, file=sys.stderr)
+            print(f"Failed requests are not stored: once the cause is fixed, `florenz-data {args.command} CONFIG` "
+                  f"sends only these again (the texts are in {texts}); or build without them: "
+                  "--allow-missing-translations.", file=sys.stderr)
+        if per_reason.get("not_in_store", 0) or not failed:
+            print(f"stopped before writing shards: {per_reason.get('not_in_store', missing['total'])} translations "
+                  f"the plan needs are not in the store ({per_language}); the texts are in {texts}.\n"
+                  "Translate only these with `florenz-data run CONFIG` (a translator section or --endpoint/--model), "
+                  "or build without them: --allow-missing-translations.", file=sys.stderr)
         return 2
     stats = json.loads(Path(config.output, STATS).read_text(encoding="utf-8"))
     _print_summary(stats)
+    if _report_failures(stats.get("translation", {}), args.command, "annotations needing them were left out"):
+        return 1
     return 0 if stats["images"]["balanced"] and stats["captions"]["balanced"] else 1
 
 
@@ -130,7 +149,51 @@ def _translate(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     summary = json.loads(Path(config.output, TRANSLATION_STATS).read_text(encoding="utf-8"))
     print(json.dumps(summary, indent=2))
-    return 0
+    return 1 if _report_failures(summary, args.command) else 0
+
+
+# What to look at first, per failure reason (the translator's failed_<reason> counters).
+_FAILURE_HINTS = {
+    "failed_http_401": "the server wants an API key, or another one: set translator.api_key_env to the name of "
+                       "the environment variable holding it",
+    "failed_http_403": "the server refused the API key: check the variable translator.api_key_env names",
+    "failed_http_404": "no such model or path on the server: check translator.model and the endpoint (…/v1)",
+    "failed_http_400": "the server refused the request: check translator.model and max_tokens_cap against "
+                       "the server's limits (the example says which)",
+    "failed_http_429": "the server is overloaded or rate-limited: lower translator.concurrency",
+    "failed_timeout": "no answer within translator.request_timeout_s: raise it, or lower translator.concurrency",
+    "failed_connection_error": "the server could not be reached: is it running at the endpoint?",
+    "failed_bad_response": "the endpoint does not answer like an OpenAI-compatible server (vLLM): check the URL",
+}
+
+
+def _failure_lines(failed: dict, examples: dict) -> list[str]:
+    """Per failure reason: its count, one example of its cause, and a hint where one is known."""
+    lines = []
+    for reason, n in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {reason}: {n}" + (f", e.g. {examples[reason]}" if examples.get(reason) else ""))
+        hint = _FAILURE_HINTS.get(reason) or (
+            "the server failed: see its log" if reason.startswith("failed_http_5") else None)
+        if hint:
+            lines.append(f"    ({hint})")
+    return lines
+
+
+def _report_failures(summary: dict, command: str, consequence: str = "") -> bool:
+    """Print the translation requests that failed, with their causes, to stderr; whether there were any."""
+    from transforms.translate import FAILURE_EXAMPLES
+
+    failed = {k: v for k, v in summary.items() if k.startswith("failed_") and isinstance(v, int) and v}
+    if not failed:
+        return False
+    total = sum(failed.values())
+    print(f"the translator failed on {total} of the {summary.get('translated', total)} texts it was sent:",
+          file=sys.stderr)
+    for line in _failure_lines(failed, summary.get(FAILURE_EXAMPLES, {})):
+        print(line, file=sys.stderr)
+    print(f"They are not stored{'; ' + consequence if consequence else ''}; once the cause is fixed, "
+          f"`florenz-data {command} CONFIG` sends only them again.", file=sys.stderr)
+    return True
 
 
 def _print_summary(stats: dict) -> None:
@@ -142,7 +205,10 @@ def _print_summary(stats: dict) -> None:
         print(f"{split:<6} {s['images']} images in {s['shards']} shards: {cells}")
         if s["missing_translation"]:
             print(f"{'':<6} missing_translation: {s['missing_translation']}")
-    print("translation:", json.dumps(stats.get("translation", {})))
+    from transforms.translate import FAILURE_EXAMPLES
+
+    translation = stats.get("translation", {})  # failures and their causes: _report_failures, on stderr
+    print("translation:", json.dumps({k: v for k, v in translation.items() if k != FAILURE_EXAMPLES}))
 
 
 def _verify(args: argparse.Namespace, _: list[str]) -> int:
@@ -235,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "httpx", "openai"):  # keep our progress lines readable
+    from schemas.secrets import install_log_redaction
+
+    install_log_redaction()  # API keys (translator.api_key_env) and URL passwords never reach a log line
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(HideTaggedErrors())  # printed once, as one line, below
+    for noisy in ("apache_beam", "httpx", "httpx2", "openai"):  # keep our progress lines readable
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.run(args, rest)
@@ -243,10 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # runners wrap a worker's InputError in their own types: find it by its tag
-        message = find_input_error(str(e))
+        message = find_tagged_error(str(e))
         if message is None:
             raise
-        print(f"input error: {message}", file=sys.stderr)
+        print(message, file=sys.stderr)
         return 2
 
 

@@ -1,8 +1,9 @@
 """`florenz-data verify`: re-read an output folder and report every broken invariant.
 
-Checks that leakage did not happen (no caption label in a held-out language in train, no eval key in
-train, every key in the split its plan assigns), that the manifest, indexes and tars agree byte for
-byte, and that stats.json adds up (read = written + rejected) and matches the shards and rejects.
+Checks that leakage did not happen (no caption label in a held-out language in train, no eval key or
+eval image *content* in train, no image content in two samples, every sample in the split its plan
+assigns to its key and content), that the manifest, indexes and tars agree byte for byte, and that
+stats.json adds up (read = written + rejected) and matches the shards and rejects.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from PIL import Image
 from schemas.coverage import CoveragePlan
 from schemas.records import SPLIT_TRAIN, SPLITS, TASK_CAPTION
 from schemas.sample import JSON_EXTENSION, decode_sample_json, task_language
-from transforms.atomic import TMP_DIR, join
+from transforms.atomic import glob_escape, join
 from transforms.finalize import CONFIG_COPY, MANIFEST, REJECTS, STATS, SUCCESS, index_name
+from transforms.lease import LEASE
+from transforms.run_folder import RUNS_DIR, files_under
 
 
 def _read(path: str) -> bytes:
@@ -53,8 +56,10 @@ def verify_output(output: str, decode_images: bool = False) -> list[str]:
             problems.append(f"{name} is missing (incomplete or killed run?)")
     if problems:
         return problems
-    if FileSystems.exists(join(output, TMP_DIR)):
-        problems.append(f"{TMP_DIR}/ holds temporary files of an unfinished write")
+    if files_under(join(output, RUNS_DIR)):
+        problems.append(f"{RUNS_DIR}/ holds files of an unfinished run")
+    if FileSystems.exists(join(output, LEASE)):
+        problems.append(f"{LEASE} is held: a run is writing this output (or died holding it)")
     plan = CoveragePlan.from_dict(yaml.safe_load(_read(join(output, CONFIG_COPY)))["plan"])
     stats = json.loads(_read(join(output, STATS)))
     manifest = pq.read_table(io.BytesIO(_read(join(output, MANIFEST)))).to_pylist()
@@ -67,7 +72,7 @@ def verify_output(output: str, decode_images: bool = False) -> list[str]:
         index = json.loads(_read(join(output, index_name(split))))
         listed = {e["url"] for e in index["shardlist"]}
         on_disk = {f"{split}/{m.path.rsplit('/', 1)[-1]}"
-                   for m in FileSystems.match([join(output, split, "*.tar")])[0].metadata_list}
+                   for m in FileSystems.match([join(glob_escape(output), split, "*.tar")])[0].metadata_list}
         for stray in sorted(on_disk - listed):
             problems.append(f"{stray} is not in {index_name(split)}")
         for entry in index["shardlist"]:
@@ -78,15 +83,24 @@ def verify_output(output: str, decode_images: bool = False) -> list[str]:
 
 
 def _check_manifest_keys(manifest: list[dict], plan: CoveragePlan) -> list[str]:
+    """Keys and image contents: each once, none in train that is in eval, each in its planned split."""
     problems = []
-    counts = Counter(r["key"] for r in manifest)
-    problems += [f"key {k} appears {n} times in the manifest" for k, n in sorted(counts.items()) if n > 1]
+    keys = Counter(r["key"] for r in manifest)
+    problems += [f"key {k} appears {n} times in the manifest" for k, n in sorted(keys.items()) if n > 1]
+    holders: dict[str, list[dict]] = defaultdict(list)
+    for r in manifest:
+        holders[r["sha256"]].append(r)
+    for sha, rows in sorted(holders.items()):
+        if len(rows) > 1:
+            where = ", ".join(sorted(f"{r['key']} ({r['split']})" for r in rows))
+            problems.append(f"image content sha256 {sha[:16]}... is in {len(rows)} samples: {where}")
     eval_keys = {r["key"] for r in manifest if r["split"] != SPLIT_TRAIN}
     for r in manifest:
         if r["split"] == SPLIT_TRAIN and r["key"] in eval_keys:
             problems.append(f"evaluation key {r['key']} is in train")
-        if plan.split_of(r["key"]) != r["split"]:
-            problems.append(f"key {r['key']} is in {r['split']} but the plan assigns {plan.split_of(r['key'])}")
+        planned = plan.split_of(r["key"], r["sha256"])
+        if planned != r["split"]:
+            problems.append(f"key {r['key']} is in {r['split']} but the plan assigns {planned}")
     return problems
 
 

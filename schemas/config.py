@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 import re
 from typing import Any, Mapping, Optional, Union
 
@@ -16,6 +17,7 @@ import yaml
 from schemas.coverage import CoveragePlan
 from schemas.errors import ConfigError
 from schemas.prompts import translator_fingerprint
+from schemas.secrets import api_key_flag_in, has_url_userinfo, redact, redact_args, valid_env_name
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
@@ -27,6 +29,8 @@ class CocoSource:
     name: str
     captions: str
     images: str
+    # Image paths (file_name, after symlinks) must lie inside `images`; true reads them from anywhere.
+    allow_outside_root: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +52,16 @@ class ParquetSource:
     caption_column: str = "caption"  # string or list<string>
     image_column: Optional[str] = None  # binary
     image_path_column: Optional[str] = None  # relative paths resolve against image_root
+    # Image paths must lie inside it (after symlinks); unset: the folder of the Parquet file holding the row.
     image_root: Optional[str] = None
+    allow_outside_root: bool = False  # true: image paths may point anywhere
 
 
 SourceSpec = Union[CocoSource, WebDatasetSource, ParquetSource]
 _SOURCE_TYPES = {"coco": CocoSource, "webdataset": WebDatasetSource, "parquet": ParquetSource}
 _PATH_FIELDS = {"captions", "images", "urls", "files", "image_root"}
+_GLOB_FIELDS = {"urls", "files"}  # patterns; the other path fields name one file or folder
+_BOOL_FIELDS = {"allow_outside_root"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +109,9 @@ class TranslatorConfig:
     max_attempts: int = 4  # per request, for HTTP errors and timeouts
     max_tokens_cap: int = 512
     retry_rejected: bool = False  # re-translate texts the store holds as rejected
+    # The NAME of the environment variable holding the API key (OpenAI convention), never the key:
+    # the client sends it, a managed server is started with it. None: no key ("EMPTY").
+    api_key_env: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +133,13 @@ class RunConfig:
             "validation": dataclasses.asdict(self.validation),
         }
         if self.translator is not None:
-            out["translator"] = json.loads(json.dumps(dataclasses.asdict(self.translator)))
+            translator = json.loads(json.dumps(dataclasses.asdict(self.translator)))
+            # Validation refuses secrets in the config; a config built in code is masked all the same.
+            translator["endpoints"] = [redact(e) for e in translator["endpoints"]]
+            if translator["managed"] is not None:
+                translator["managed"]["command"] = redact_args(translator["managed"]["command"])
+                translator["managed"]["args"] = redact_args(translator["managed"]["args"])
+            out["translator"] = translator
         return out
 
     @classmethod
@@ -141,8 +158,39 @@ class RunConfig:
         store = _store(raw.get("store"), base_dir, translator)
         plan = CoveragePlan.from_dict(raw.get("plan"), "plan")
         validation = _validation(raw.get("validation", {}))
+        _refuse_overlaps(output, sources, store)
         return cls(output=output, sources=sources, store=store, plan=plan, validation=validation,
                    translator=translator)
+
+
+def _static_root(path: str) -> str:
+    """The folder or file a path or glob names before its first wildcard."""
+    fixed = re.match(r"^[^*?\[{]*", path).group(0)
+    return fixed if fixed == path else fixed.rsplit("/", 1)[0]
+
+
+def _canonical(path: str) -> str:
+    """Comparable form: URIs normalized as text, local paths with symlinks resolved."""
+    if "://" in path:
+        scheme, rest = path.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(rest)}"
+    return os.path.realpath(path)
+
+
+def _overlap(a: str, b: str) -> bool:
+    a, b = _canonical(a).rstrip("/"), _canonical(b).rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def _refuse_overlaps(output: str, sources: tuple[SourceSpec, ...], store: StoreConfig) -> None:
+    """An output must neither hold nor lie inside an input or the store: a build replaces what it
+    finds in its output, so an input there could be taken for an earlier run's files."""
+    inputs = [(f"sources[{i}].{f.name}", getattr(spec, f.name)) for i, spec in enumerate(sources)
+              for f in dataclasses.fields(spec) if f.name in _PATH_FIELDS and getattr(spec, f.name)]
+    for field, path in [*inputs, ("store.path", store.path)]:
+        if _overlap(output, _static_root(path) if field.rsplit(".", 1)[-1] in _GLOB_FIELDS else path):
+            raise ConfigError("output", f"{output} overlaps {field} ({path}): an output folder must not "
+                                        "contain, or lie inside, an input or the store; choose another output")
 
 
 def load_config(path: str, translator_overrides: Optional[Mapping[str, Any]] = None) -> RunConfig:
@@ -182,6 +230,10 @@ def _source(raw: Any, field: str, base_dir: str) -> SourceSpec:
         required = f.default is dataclasses.MISSING
         if required and f.name not in values:
             raise ConfigError(f"{field}.{f.name}", "is required")
+        if f.name in _BOOL_FIELDS:
+            if f.name in values and not isinstance(values[f.name], bool):
+                raise ConfigError(f"{field}.{f.name}", f"must be true or false, got {values[f.name]!r}")
+            continue
         if f.name in values and not isinstance(values[f.name], str):
             raise ConfigError(f"{field}.{f.name}", "must be a string")
         if f.name in _PATH_FIELDS and f.name in values:
@@ -225,6 +277,16 @@ def _translator(raw: Any, base_dir: str) -> TranslatorConfig:
     endpoints = raw.get("endpoints", [])
     if not isinstance(endpoints, list) or not all(isinstance(e, str) and "://" in e for e in endpoints):
         raise ConfigError(f"{field}.endpoints", "must be a list of URLs like http://host:8000/v1")
+    for i, endpoint in enumerate(endpoints):
+        if has_url_userinfo(endpoint):  # the message must not repeat the URL: it holds the password
+            raise ConfigError(f"{field}.endpoints[{i}]", "holds a user name or password (user:pass@host); the "
+                                                         "config is logged and copied beside the shards, so "
+                                                         "put the key in an environment variable and give its "
+                                                         "name in translator.api_key_env")
+    api_key_env = raw.get("api_key_env")
+    if api_key_env is not None and not valid_env_name(api_key_env):
+        raise ConfigError(f"{field}.api_key_env", "must be the name of an environment variable holding the API "
+                                                  "key (letters, digits, _), not the key itself")
     managed = None
     if raw.get("managed") is not None:
         managed = _managed(raw["managed"], base_dir)
@@ -245,7 +307,8 @@ def _translator(raw: Any, base_dir: str) -> TranslatorConfig:
     if "://" not in model and not os.path.isabs(model) and os.path.exists(os.path.join(base_dir, model)):
         model = os.path.normpath(os.path.join(base_dir, model))
     return TranslatorConfig(model=model, endpoints=tuple(e.rstrip("/") for e in endpoints), managed=managed,
-                            request_timeout_s=float(timeout), retry_rejected=retry, **numbers)
+                            request_timeout_s=float(timeout), retry_rejected=retry, api_key_env=api_key_env,
+                            **numbers)
 
 
 def _managed(raw: Any, base_dir: str) -> ManagedServer:
@@ -257,6 +320,11 @@ def _managed(raw: Any, base_dir: str) -> ManagedServer:
         value = raw.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
             raise ConfigError(f"{field}.{name}", "must be a list of strings")
+    for name in ("command", "args"):
+        if api_key_flag_in([str(a) for a in raw.get(name, [])]):
+            raise ConfigError(f"{field}.{name}", "must not hold --api-key: the config is logged and copied beside "
+                                                 "the shards; put the key in an environment variable and give its "
+                                                 "name in translator.api_key_env (the server is started with it)")
     command = [str(c) for c in raw.get("command", ManagedServer.command)]
     if not command:
         raise ConfigError(f"{field}.command", "must not be empty")

@@ -1,7 +1,9 @@
 """The coverage plan: which task-language pairs get labels, which are held out, and the eval split.
 
-Assignment is a pure function of (seed, sample key) through sha256, so it never depends on arrival
-order, worker count, or Python's salted hash().
+Assignment is a pure function of (seed, image content hash, sample key) through sha256, so it never
+depends on arrival order, worker count, or Python's salted hash(). The split follows the image's
+*content*, not its key: the same image listed under two ids lands in one split (and is kept once,
+transforms/dedup.py), so no evaluation image can reach training under another name.
 """
 from __future__ import annotations
 
@@ -43,11 +45,12 @@ class CoveragePlan:
         """Languages that get no caption labels in train: the unseen task-language pairs."""
         return tuple(l for l in self.languages if l not in self.caption_languages)
 
-    def split_of(self, key: str) -> str:
-        """train or eval, from the key list first, then a seeded hash against eval_fraction."""
+    def split_of(self, key: str, content_sha256: str) -> str:
+        """train or eval: eval when the key is listed in eval_keys, else a seeded hash of the image's
+        content against eval_fraction."""
         if key in self.eval_keys:
             return SPLIT_EVAL
-        if self.eval_fraction > 0 and _unit_hash(self.seed, "split", key) < self.eval_fraction * 2**64:
+        if self.eval_fraction > 0 and _unit_hash(self.seed, "split", content_sha256) < self.eval_fraction * 2**64:
             return SPLIT_EVAL
         return SPLIT_TRAIN
 

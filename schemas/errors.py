@@ -1,7 +1,9 @@
-"""The project's two user-facing error types: a refused config (naming the field) and an unusable
-input file (naming the file). The CLI turns both into one clear line and a non-zero exit."""
+"""The project's user-facing error types: a refused config (naming the field), an unusable input file
+(naming the file), and a run refused because of the state of its output. The CLI turns each into
+one clear line and a non-zero exit."""
+import logging
 
-INPUT_ERROR_TAG = "florenz-input-error"
+_TAG = "florenz-error"
 
 
 class ConfigError(ValueError):
@@ -12,21 +14,50 @@ class ConfigError(ValueError):
         self.field = field
 
 
-class InputError(ValueError):
+class TaggedError(Exception):
+    """An error raised inside workers, where runners wrap it in their own exception types and
+    tracebacks; its tagged message lets the CLI find it in whatever text reaches it."""
+
+    kind = "error"
+
+    def __init__(self, message: str):
+        super().__init__(f"[{_TAG}] {self.kind}: {message}")
+
+
+class InputError(TaggedError, ValueError):
     """An input file whose structure cannot be read at all (not one bad record: those are counted
-    rejections). Raised inside workers, where runners wrap it in their own exception types and
-    tracebacks; the tagged message lets the CLI find it in whatever text reaches it."""
+    rejections)."""
+
+    kind = "input error"
 
     def __init__(self, path: str, message: str):
-        super().__init__(f"[{INPUT_ERROR_TAG}] {path}: {message}")
+        super().__init__(f"{path}: {message}")
         self.path = path
         self.detail = message
 
 
-def find_input_error(text: str) -> str | None:
-    """The first tagged input-error message inside `text` (a wrapped exception's string), if any."""
-    start = text.find(f"[{INPUT_ERROR_TAG}] ")
+class RunRefused(TaggedError, RuntimeError):
+    """A run that must not go on because of its output's state: another run holds it, or this run
+    lost its lease."""
+
+    kind = "refused"
+
+
+def find_tagged_error(text: str) -> str | None:
+    """The first tagged error message inside `text` (a wrapped exception's string), if any, as
+    '<kind>: <message>'."""
+    start = text.find(f"[{_TAG}] ")
     if start < 0:
         return None
-    line = text[start + len(INPUT_ERROR_TAG) + 3:].splitlines()[0]
+    line = text[start + len(_TAG) + 3:].splitlines()[0]
     return line.split(" [while running", 1)[0].strip()
+
+
+class HideTaggedErrors(logging.Filter):
+    """Drops the log records runners write, with a traceback, for an exception that carries a tagged
+    error (Beam logs every DoFn exception before re-raising it): the CLI prints that error as one
+    clear line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exception = record.exc_info[1] if record.exc_info else None
+        return f"[{_TAG}] " not in f"{record.getMessage()} {exception}"

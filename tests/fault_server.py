@@ -1,11 +1,14 @@
 """A fault-injecting stand-in for vLLM's OpenAI-compatible server, for fault tests only.
 
 It answers chat completions from a table of known translations (real Multi30K references), and
-injects the faults a real deployment sees: HTTP 500s, requests that hang past the client's timeout,
-and a process that dies mid-run. Success-path tests use a real vLLM server instead.
+injects the faults a real deployment sees: HTTP errors (500, 429, 400...), requests that hang past the
+client's timeout, a process that dies mid-run, answers that are not chat completions (garbage, no
+choices, a non-text message), oversized answers, and, like `vllm serve --api-key`, a bearer token
+required on /v1 (401 without it). Success-path tests use a real vLLM server instead.
 
     python tests/fault_server.py --model NAME --port P --pairs pairs.jsonl
-        [--fail-first N] [--hang-first N] [--die-after N] [--counter FILE]
+        [--fail-first N [--fail-status CODE]] [--hang-first N] [--die-after N] [--counter FILE]
+        [--bad-response garbage|empty_choices|content_not_text] [--answer-chars N] [--api-key KEY]
 """
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ def main() -> None:
     parser.add_argument("--hang-first", type=int, default=0)
     parser.add_argument("--die-after", type=int, default=0)
     parser.add_argument("--counter", default=None, help="append one line per completion request")
+    parser.add_argument("--fail-status", type=int, default=500, help="the status of the --fail-first answers")
+    parser.add_argument("--bad-response", choices=("garbage", "empty_choices", "content_not_text"), default=None,
+                        help="answer 200 with something that is not a usable chat completion")
+    parser.add_argument("--answer-chars", type=int, default=0, help="answer with this many characters of German")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (as vLLM)")
     args = parser.parse_args()
     table = {}
     with open(args.pairs, encoding="utf-8") as f:
@@ -51,7 +59,18 @@ def main() -> None:
             self.end_headers()
             self.wfile.write(data)
 
+        def _authorized(self) -> bool:
+            """vLLM's check: /v1 paths need the bearer token when the server has one; /health does not."""
+            if args.api_key is None or not self.path.startswith("/v1"):
+                return True
+            if self.headers.get("Authorization") == f"Bearer {args.api_key}":
+                return True
+            self._reply(401, {"error": "Unauthorized"})
+            return False
+
         def do_GET(self):
+            if not self._authorized():
+                return
             if self.path == "/health":
                 self._reply(200, {})
             else:
@@ -59,6 +78,8 @@ def main() -> None:
 
         def do_POST(self):
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if not self._authorized():
+                return
             with lock:
                 seen[0] += 1
                 n = seen[0]
@@ -67,18 +88,35 @@ def main() -> None:
                         f.write(f"{n}\n")
             if args.die_after and n > args.die_after:
                 os._exit(1)  # the server dies mid-run, the connection drops
-            if n <= args.fail_first:
-                return self._reply(500, {"error": "injected failure"})
+            if n <= args.fail_first:  # vLLM's error body
+                return self._reply(args.fail_status, {"error": {
+                    "message": f"injected failure (HTTP {args.fail_status})", "type": "InjectedError",
+                    "param": None, "code": args.fail_status}})
             if n <= args.fail_first + args.hang_first:
                 time.sleep(30)
                 return self._reply(200, {})
+            if args.bad_response == "garbage":
+                data = b"<html><body>502 Bad Gateway</body></html> {not json"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             content = request["messages"][-1]["content"]
             language = re.search(r"into (\w+)\.", content).group(1)
             english = content.split("\n\n", 1)[1]
             answer = table.get((english, LANGUAGES.get(language)), english)  # unknown: echo (rejected)
+            if args.answer_chars:
+                sentence = "Ein brauner Hund läuft schnell über die grüne Wiese am Fluss. "
+                answer = (sentence * (args.answer_chars // len(sentence) + 1))[:args.answer_chars].strip()
+            message = {"role": "assistant", "content": answer}
+            if args.bad_response == "content_not_text":
+                message["content"] = {"text": answer}
+            choices = [] if args.bad_response == "empty_choices" else [
+                {"index": 0, "finish_reason": "stop", "message": message}]
             self._reply(200, {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": args.model,
-                              "created": 0, "choices": [{"index": 0, "finish_reason": "stop",
-                                                         "message": {"role": "assistant", "content": answer}}],
+                              "created": 0, "choices": choices,
                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
     class Server(ThreadingHTTPServer):

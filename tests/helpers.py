@@ -71,18 +71,19 @@ def fill_store(store: Path, texts: Iterable[str], languages: Iterable[str],
 
 
 def run_build(config_path: Path, allow_missing: bool = False) -> dict:
-    """Run the build graph on Beam's DirectRunner through TestPipeline; returns stats.json."""
+    """Run the build graph on Beam's DirectRunner through TestPipeline, under the output's lease as
+    the CLI runs it; returns stats.json."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.test_pipeline import TestPipeline
 
     from pipeline.build import build_shards
+    from pipeline.output_run import output_run
     from schemas.config import load_config
-    from transforms.finalize import clear_run_markers
 
     config = load_config(str(config_path))
-    clear_run_markers(config.output)
-    with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        build_shards(p, config, allow_missing=allow_missing)
+    with output_run(config, "build", writes_store=False) as run_id:
+        with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+            build_shards(p, config, run_id, allow_missing=allow_missing)
     return json.loads(Path(config.output, "stats.json").read_text())
 
 

@@ -22,6 +22,9 @@ from typing import Iterable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 OUTCOMES = ("clear_error", "counted_rejection", "refused", "handled")
+# The issue's findings, one label each (the rows of README's table).
+FINDINGS = ("data loss", "leakage by content", "code execution", "secrets", "files outside the input",
+            "one bad input aborts", "failures without their cause", "smaller")
 RECORDED: list[dict] = []  # one row per case: finding, outcome, test
 
 
@@ -56,7 +59,7 @@ def run_cli(*args: str, program: str = "florenz-data", env: Optional[dict] = Non
 def expect(result: CliResult, outcome: str, finding: str, mentions: Iterable[str] = (),
            secrets: Iterable[str] = (), scan: Iterable[Path] = ()) -> None:
     """Assert the case ended in `outcome`, with no traceback and no secret leaked; record it."""
-    assert outcome in OUTCOMES, outcome
+    assert outcome in OUTCOMES and finding in FINDINGS, (outcome, finding)
     shown = f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
     assert "Traceback (most recent call last)" not in result.output, f"raw traceback reached the user\n{shown}"
     if outcome in ("clear_error", "refused"):

@@ -48,7 +48,7 @@ def make_webdataset(path: Path) -> None:
 
 
 def make_parquet(path: Path) -> None:
-    real = (COCO_SAMPLE / "images" / GOOD[1]).read_bytes()
+    real = (COCO_SAMPLE / "images" / "000000012280.jpg").read_bytes()  # not a copy of a COCO entry's image
     pq.write_table(pa.table({"id": ["p1", "p2"], "text": [[CAPTION, CAPTION + " Again."], [CAPTION]],
                              "jpg": [real, b"GIF89a garbage"]}), path)
 

@@ -90,5 +90,5 @@ def test_killed_run_leaves_no_partial_file_and_rerun_matches(tmp_path):
 
     build(config)
     assert output_bytes(out) == expected
-    assert not (out / "_tmp").exists() and not (out / "_manifest_parts").exists()
+    assert not (out / "_runs").exists() and not (out / "_lease.json").exists()
     assert verify_output(str(out)) == []

@@ -1,4 +1,6 @@
 """The coverage plan and run config refuse bad input with a message naming the field."""
+import hashlib
+
 import pytest
 
 from schemas.config import RunConfig
@@ -40,15 +42,17 @@ def test_wrong_plans_are_refused_naming_the_field(changes, field, words):
     assert words in str(e.value)
 
 
-def test_split_assignment_is_a_stable_function_of_seed_and_key():
+def test_split_assignment_is_a_stable_function_of_seed_and_content():
     p = plan(eval_fraction=0.2, seed=7)
-    keys = [f"coco_{i}" for i in range(5000)]
-    splits = [p.split_of(k) for k in keys]
-    assert splits == [plan(eval_fraction=0.2, seed=7).split_of(k) for k in reversed(keys)][::-1]
-    share = splits.count("eval") / len(keys)
+    images = [(f"coco_{i}", hashlib.sha256(str(i).encode()).hexdigest()) for i in range(5000)]
+    splits = [p.split_of(k, sha) for k, sha in images]
+    assert splits == [plan(eval_fraction=0.2, seed=7).split_of(k, sha) for k, sha in reversed(images)][::-1]
+    share = splits.count("eval") / len(images)
     assert 0.18 < share < 0.22
-    assert splits != [plan(eval_fraction=0.2, seed=8).split_of(k) for k in keys]
-    assert plan(eval_keys=["coco_1"]).split_of("coco_1") == "eval"
+    assert splits != [plan(eval_fraction=0.2, seed=8).split_of(k, sha) for k, sha in images]
+    # The content decides, not the name: one image under any key gets one split.
+    assert {p.split_of(f"other_{i}", images[7][1]) for i in range(50)} == {splits[7]}
+    assert plan(eval_keys=["coco_1"]).split_of("coco_1", images[1][1]) == "eval"
 
 
 def _config(**changes):

@@ -20,18 +20,21 @@ PLAN = {**PAPER_PLAN, "languages": ["en", "de", "fr"], "caption_languages": ["en
         "translation_languages": ["de", "fr"]}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, list[list[str]]]:
-    """20 images with 2 real English captions each, and a pairs file with their de/fr references."""
-    tmp = tmp_path_factory.mktemp("corpus")
-    de = multi30k_pairs("val", "de", 40)
+def make_corpus(tmp: Path, images: int) -> tuple[Path, list[list[str]]]:
+    """`images` images with 2 real English captions each, and a pairs file with their de/fr references
+    (what the fault server answers with)."""
+    de = multi30k_pairs("val", "de", 2 * images)
     fr = dict(multi30k_pairs("val", "fr", 200))
     rows = [{"en": en, "lang": "de", "reference": ref} for en, ref in de]
     rows += [{"en": en, "lang": "fr", "reference": fr[en]} for en, _ in de if en in fr]
     pairs = tmp / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    captions = [[de[2 * i][0], de[2 * i + 1][0]] for i in range(20)]
-    return pairs, captions
+    return pairs, [[de[2 * i][0], de[2 * i + 1][0]] for i in range(images)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, list[list[str]]]:
+    return make_corpus(tmp_path_factory.mktemp("corpus"), 20)
 
 
 def free_port() -> int:
@@ -59,12 +62,14 @@ def translate(tmp: Path, captions, translator: dict) -> dict:
     from apache_beam.testing.test_pipeline import TestPipeline
 
     from pipeline.build import translate_store
+    from pipeline.output_run import output_run
     from schemas.config import load_config
 
     config_path = write_config(tmp, [caption_parquet_source(tmp, captions)], PLAN, translator=translator)
     config = load_config(str(config_path))
-    with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
-        translate_store(p, config)
+    with output_run(config, "translate", writes_store=True) as run_id, \
+            TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        translate_store(p, config, run_id)
     return json.loads((tmp / "out" / "translation_stats.json").read_text())
 
 

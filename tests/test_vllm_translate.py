@@ -57,16 +57,17 @@ def run_pipeline(config_path: Path, translate_only: bool = False) -> dict:
     from apache_beam.testing.test_pipeline import TestPipeline
 
     from pipeline.build import build_shards, translate_store
+    from pipeline.output_run import output_run
     from schemas.config import load_config
-    from transforms.finalize import clear_run_markers
 
     config = load_config(str(config_path))
-    clear_run_markers(config.output)
-    with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+    command = "translate" if translate_only else "run"
+    with output_run(config, command, writes_store=True) as run_id, \
+            TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
         if translate_only:
-            translate_store(p, config)
+            translate_store(p, config, run_id)
         else:
-            build_shards(p, config, translate=True)
+            build_shards(p, config, run_id, translate=True)
     name = "translation_stats.json" if translate_only else "stats.json"
     return json.loads(Path(config.output, name).read_text())
 

@@ -10,11 +10,10 @@ import hashlib
 import os
 import re
 import uuid
+import warnings
 from typing import BinaryIO, Iterator
 
 from apache_beam.io.filesystems import FileSystems
-
-TMP_DIR = "_tmp"
 
 
 def join(*parts: str) -> str:
@@ -22,12 +21,22 @@ def join(*parts: str) -> str:
 
 
 _GLOB_CHARS = re.compile(r"([*?\[\]])")
+# Beam compiles the "[[]" class this produces into a regex, which Python flags as a possible
+# nested set; it is not one (a literal '[' in a class), so the warning is noise for our patterns.
+warnings.filterwarnings("ignore", "Possible nested set", FutureWarning)
 
 
 def glob_escape(path: str) -> str:
     """`path` as a FileSystems.match pattern matching only itself: Beam's patterns have no escape
     character, so each of * ? [ ] becomes a one-character class ([[], []], ...)."""
     return _GLOB_CHARS.sub(r"[\1]", path)
+
+
+def delete_paths(paths: list[str]) -> None:
+    """FileSystems.delete of literal paths: the local and GCS filesystems take each path as a match
+    pattern (a '[' in a folder name would match nothing), S3 takes it as a name."""
+    if paths:
+        FileSystems.delete([p if p.startswith("s3://") else glob_escape(p) for p in paths])
 
 
 def ensure_dir(path: str) -> None:
@@ -71,7 +80,7 @@ def atomic_create(final_path: str, tmp_root: str) -> Iterator[HashingWriter]:
         raw.close()
     except BaseException:
         raw.close()
-        FileSystems.delete([tmp])
+        delete_paths([tmp])
         raise
     FileSystems.rename([tmp], [final_path])  # replaces a previous run's file (os.rename / GCS copy)
 

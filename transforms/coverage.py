@@ -18,10 +18,8 @@ import apache_beam as beam
 from schemas.coverage import CoveragePlan
 from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION, ImageRef, ValidImage, text_hash
 from schemas.sample import Annotation, encode_sample_json, task_language
-from transforms.dedup import keep_first
+from transforms.dedup import DUPLICATES, KeepOnePerContent, keep_first, key_rank
 from transforms.sharding import Bucket, BucketOffsets, bucket_of, shard_position
-
-DUPLICATES = "duplicates"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,14 +87,14 @@ def shard_member(image: ValidImage, split: str, plan: CoveragePlan,
     return dataclasses.replace(member, body=zlib.compress(body, 1))
 
 
-def _uses(image: ValidImage, plan: CoveragePlan) -> Iterator[tuple[str, tuple[Bucket, str]]]:
+def _uses(image: ValidImage, plan: CoveragePlan) -> Iterator[tuple[str, tuple[int, str]]]:
     """(text_hash, (bucket, key)) per distinct caption: where the caption's translations must go."""
     bucket = bucket_of(plan, image.key)
     for h in sorted({text_hash(c) for c in image.captions}):
         yield h, (bucket, image.key)
 
 
-def _fan_out(item: tuple[str, dict]) -> Iterator[tuple[Bucket, tuple[str, str, tuple[tuple[str, str], ...]]]]:
+def _fan_out(item: tuple[str, dict]) -> Iterator[tuple[int, tuple[str, str, tuple[tuple[str, str], ...]]]]:
     """(text_hash, {uses, store}) -> (bucket, (image key, text_hash, ((lang, translation), ...))) per use."""
     text, grouped = item
     found = tuple(sorted(dict(grouped["store"]).items()))
@@ -107,52 +105,59 @@ def _fan_out(item: tuple[str, dict]) -> Iterator[tuple[Bucket, tuple[str, str, t
 
 
 class _PlanBucket(beam.DoFn):
-    """One bucket's images and their translations -> ((split, shard), (position, ShardMember)) per
-    unique key, ranked by (order, key); duplicate keys to the `duplicates` output."""
+    """One order bucket's images and their translations -> ((split, shard), (position, ShardMember))
+    per unique key, ranked within its split by (order, key); duplicate keys to `duplicates`."""
 
     def __init__(self, plan: CoveragePlan):
         self.plan = plan
 
-    def process(self, item: tuple[Bucket, dict], offsets: Mapping[Bucket, int]) -> Iterator:
-        (split, bucket), grouped = item
+    def process(self, item: tuple[int, dict], offsets: Mapping[Bucket, int]) -> Iterator:
+        bucket, grouped = item
         images: dict[str, list[ValidImage]] = {}
         for image in grouped["image"]:
             images.setdefault(image.key, []).append(image)
         translations: dict[str, dict[str, dict[str, str]]] = {}
         for key, text, found in grouped["translations"]:
             translations.setdefault(key, {})[text] = dict(found)
-        ranked = sorted(images, key=lambda k: (self.plan.order_of(k), k))
-        for i, key in enumerate(ranked):
+        rank_in_split: dict[str, int] = {}
+        for key in sorted(images, key=lambda k: (self.plan.order_of(k), k)):
             image, duplicates = keep_first(key, images[key])
             for rejection in duplicates:
                 yield beam.pvalue.TaggedOutput(DUPLICATES, rejection)
+            split = self.plan.split_of(key, image.sha256)
+            i = rank_in_split[split] = rank_in_split.get(split, -1) + 1
             shard, position = shard_position(offsets[(split, bucket)] + i, self.plan.shard_size)
             yield (split, shard), (position, shard_member(image, split, self.plan, translations.get(key, {})))
 
 
 class AssignCoverage(beam.PTransform):
-    """ValidImage (duplicate keys allowed) + store entries (text_hash, (lang, translation)) ->
-    {"members": ((split, shard), (position, ShardMember)), "duplicates": duplicate-key Rejections}.
+    """ValidImage (duplicate keys and bytes allowed) + store entries (text_hash, (lang, translation))
+    -> {"members": ((split, shard), (position, ShardMember)), "duplicates": Rejections of duplicate
+    images and keys}.
 
-    One grouping brings each bucket's images, their translations and their ranks together; the
-    translations reach it through a join on text hash (a text's translations meet every image
-    that uses it)."""
+    Images are first kept once per content (a grouping by sha256); then one grouping brings each
+    order bucket's images, their translations and their ranks together; the translations reach it
+    through a join on text hash (a text's translations meet every image that uses it)."""
 
     def __init__(self, plan: CoveragePlan):
         super().__init__()
         self.plan = plan
 
     def expand(self, inputs: tuple):
-        images, store = inputs
+        all_images, store = inputs
         plan = self.plan
+        unique = all_images | "KeepOnePerContent" >> KeepOnePerContent(plan)
+        images = unique["images"]
         uses = images | "CaptionUses" >> beam.FlatMap(_uses, plan=plan)
         translations = ({"uses": uses, "store": store}
                         | "JoinStore" >> beam.CoGroupByKey()
                         | "FanOut" >> beam.FlatMap(_fan_out))
-        offsets = images | "Keys" >> beam.Map(lambda im: im.key) | "Offsets" >> BucketOffsets(plan)
+        offsets = (images | "RankedKeys" >> beam.Map(lambda im: (im.key, key_rank(im)))
+                   | "Offsets" >> BucketOffsets(plan))
         planned = ({"image": images | "ByBucket" >> beam.Map(lambda im: (bucket_of(plan, im.key), im)),
                     "translations": translations}
                    | "JoinBuckets" >> beam.CoGroupByKey()
                    | "PlanBuckets" >> beam.ParDo(_PlanBucket(plan), offsets=offsets).with_outputs(
                        DUPLICATES, main="members"))
-        return {"members": planned.members, "duplicates": planned[DUPLICATES]}
+        duplicates = (unique["duplicates"], planned[DUPLICATES]) | "AllDuplicates" >> beam.Flatten()
+        return {"members": planned.members, "duplicates": duplicates}

@@ -1,11 +1,16 @@
 """The run's closing writes, after every shard exists: manifest.parquet, wids indexes, rejects,
-stats.json, the resolved config, and the _SUCCESS marker last. Stale files of an earlier run
-(shards beyond this run's count, temporary files) are removed.
+stats.json, the resolved config, and the _SUCCESS marker last.
+
+Shards of earlier runs that this run did not write again are removed, and only those: a file is
+removed only when an earlier run of this tool listed it as its own (in a wids index it wrote, or in
+the manifest parts / superseded list a killed run left in its run folder) and it has the shape of a
+shard. Nothing else in the output folder is ever deleted, whatever it is called.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from typing import Iterable, Iterator, Optional
 
@@ -19,15 +24,19 @@ from schemas.arrow import MANIFEST_SCHEMA
 from schemas.config import RunConfig
 from schemas.records import SPLITS, Rejection
 from transforms.accounting import compute_stats
-from transforms.atomic import TMP_DIR, atomic_create, join, write_bytes_atomic
+from transforms.atomic import atomic_create, delete_paths, join, write_bytes_atomic
+from transforms.lease import check_lease
 from transforms.missing import MISSING_SUMMARY, MISSING_TEXTS
-from transforms.shard_writer import MANIFEST_PARTS_DIR, ShardResult, manifest_part_path
+from transforms.run_folder import RUNS_DIR, delete_tree, files_under, run_dir, run_tmp
+from transforms.shard_writer import ShardResult, manifest_part_path, shard_of_manifest_part
 
 MANIFEST = "manifest.parquet"
 STATS = "stats.json"
 REJECTS = "rejects.jsonl"
 CONFIG_COPY = "config.yaml"
 SUCCESS = "_SUCCESS"
+SUPERSEDED = "superseded.json"  # in a run folder: earlier shards the run is about to remove
+_SHARD_PATH = re.compile(r"^(%s)/[0-9]{6}\.tar$" % "|".join(SPLITS))
 log = logging.getLogger(__name__)
 
 
@@ -52,20 +61,22 @@ TRANSLATION_STATS = "translation_stats.json"
 class WriteTranslationStats(beam.DoFn):
     """The translate command's summary (requested, cache hits, sent, accepted, rejected per reason)."""
 
-    def __init__(self, output: str):
-        self.output = output
+    def __init__(self, output: str, run_id: str):
+        self.output, self.run_id = output, run_id
 
     def process(self, summary: dict) -> Iterator[dict]:
-        write_bytes_atomic(join(self.output, TRANSLATION_STATS), _json_bytes(summary), join(self.output, TMP_DIR))
-        _delete_tree(join(self.output, TMP_DIR))
+        check_lease(self.output, self.run_id)
+        write_bytes_atomic(join(self.output, TRANSLATION_STATS), _json_bytes(summary),
+                           run_tmp(self.output, self.run_id))
+        delete_tree(run_dir(self.output, self.run_id))
         yield summary
 
 
 class _WriteRejects(beam.DoFn):
     """All rejections -> rejects.jsonl (sorted), emitting (source, level, reason, images, captions)."""
 
-    def __init__(self, output: str):
-        self.output = output
+    def __init__(self, output: str, run_id: str):
+        self.output, self.run_id = output, run_id
 
     def process(self, item: tuple[None, Iterable[Rejection | None]], missing: int = 0) -> Iterator[tuple]:
         if missing:
@@ -73,7 +84,7 @@ class _WriteRejects(beam.DoFn):
         _, rejects = item
         ordered = sorted((r for r in rejects if r is not None), key=lambda r: (r.source, r.key, r.level, r.reason))
         summary: Counter = Counter()
-        with atomic_create(join(self.output, REJECTS), join(self.output, TMP_DIR)) as f:
+        with atomic_create(join(self.output, REJECTS), run_tmp(self.output, self.run_id)) as f:
             for r in ordered:
                 f.write((json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
                 summary[(r.source, r.level, r.reason)] += 1
@@ -84,71 +95,86 @@ class _WriteRejects(beam.DoFn):
                        summary[(source, level, reason, "captions")])
 
 
+def _read_json(path: str) -> object:
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def earlier_shards(output: str) -> set[str]:
+    """Shards (relative paths) that earlier runs of this tool wrote into `output`: those its wids
+    indexes list, and those killed runs recorded in their run folders. Only shard-shaped paths count,
+    so a tampered index cannot point a deletion anywhere else."""
+    listed: set[str] = set()
+    for split in SPLITS:
+        path = join(output, index_name(split))
+        if FileSystems.exists(path):
+            listed.update(entry["url"] for entry in _read_json(path)["shardlist"])
+    for path in files_under(join(output, RUNS_DIR)):
+        if path.endswith(f"/{SUPERSEDED}"):
+            listed.update(_read_json(path))
+        elif "/manifest_parts/" in path and path.endswith(".parquet"):
+            listed.add(shard_of_manifest_part(path))
+    return {p for p in listed if isinstance(p, str) and _SHARD_PATH.match(p)}
+
+
 class _Finalize(beam.DoFn):
-    def __init__(self, config: RunConfig):
-        self.config = config
+    def __init__(self, config: RunConfig, run_id: str):
+        self.config, self.run_id = config, run_id
 
     def process(self, _, shards: list[ShardResult], read: dict, rejects: list[tuple],
                 translation: dict, missing: int = 0) -> Iterator[dict]:
         if missing:
             return
-        out = self.config.output
+        out, tmp = self.config.output, run_tmp(self.config.output, self.run_id)
+        check_lease(out, self.run_id)
         shards = sorted(shards, key=lambda s: (s.split, s.index))
+        # Recorded before the indexes are replaced, so a finalize killed midway still knows them.
+        superseded = sorted(earlier_shards(out) - {s.path for s in shards})
+        write_bytes_atomic(join(run_dir(out, self.run_id), SUPERSEDED), _json_bytes(superseded), tmp)
         self._write_manifest(shards)
         for split in SPLITS:
             mine = [s for s in shards if s.split == split]
-            write_bytes_atomic(join(out, index_name(split)), _json_bytes(wids_index(mine, split)), join(out, TMP_DIR))
-            self._remove_stale_shards(split, {s.path for s in mine})
+            write_bytes_atomic(join(out, index_name(split)), _json_bytes(wids_index(mine, split)), tmp)
         stats = compute_stats(self.config.plan, read, shards, rejects)
         stats["translation"] = translation
-        write_bytes_atomic(join(out, STATS), _json_bytes(stats), join(out, TMP_DIR))
+        write_bytes_atomic(join(out, STATS), _json_bytes(stats), tmp)
         config_text = yaml.safe_dump(self.config.to_dict(), sort_keys=True, allow_unicode=True)
-        write_bytes_atomic(join(out, CONFIG_COPY), config_text.encode("utf-8"), join(out, TMP_DIR))
-        _delete_tree(join(out, TMP_DIR))
-        FileSystems.create(join(out, SUCCESS)).close()  # last: the run is complete
+        write_bytes_atomic(join(out, CONFIG_COPY), config_text.encode("utf-8"), tmp)
+        check_lease(out, self.run_id)
+        if superseded:
+            log.info("removing %d shards of an earlier run that this run did not write", len(superseded))
+            delete_paths([p for p in (join(out, rel) for rel in superseded) if FileSystems.exists(p)])
+        delete_tree(join(out, RUNS_DIR))  # this run's folder and any killed run's, whose shards are handled
+        write_bytes_atomic(join(out, SUCCESS), _json_bytes({"run_id": self.run_id}), out)  # last
         yield stats
 
     def _write_manifest(self, shards: list[ShardResult]) -> None:
         """Stream the per-shard manifest parts into one file: memory holds one shard's rows."""
         out = self.config.output
-        parts = [manifest_part_path(out, s.split, s.index) for s in shards]
-        with atomic_create(join(out, MANIFEST), join(out, TMP_DIR)) as f:
+        parts = [manifest_part_path(out, self.run_id, s.split, s.index) for s in shards]
+        with atomic_create(join(out, MANIFEST), run_tmp(out, self.run_id)) as f:
             with pq.ParquetWriter(pa.PythonFile(f, mode="w"), MANIFEST_SCHEMA) as writer:
                 for part in parts:
                     with FileSystems.open(part, compression_type="uncompressed") as p:
                         writer.write_table(pq.read_table(p, schema=MANIFEST_SCHEMA))
-        _delete_tree(join(out, MANIFEST_PARTS_DIR))
-
-    def _remove_stale_shards(self, split: str, current: set[str]) -> None:
-        pattern = join(self.config.output, split, "*.tar")
-        stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list
-                 if f"{split}/{m.path.rsplit('/', 1)[-1]}" not in current]
-        if stale:
-            log.info("removing %d stale shards of an earlier run in %s/", len(stale), split)
-            FileSystems.delete(stale)
-
-
-def _delete_tree(path: str) -> None:
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
 
 
 def clear_run_markers(output: str) -> None:
-    """Before a run: the output is not complete until this run's _SUCCESS; drop leftovers of a
-    killed run (temporary files, manifest parts)."""
-    for path in (join(output, SUCCESS), join(output, TMP_DIR), join(output, MANIFEST_PARTS_DIR),
-                 join(output, MISSING_TEXTS), join(output, MISSING_SUMMARY)):
-        _delete_tree(path)
+    """Before a run, under its lease: the output is not complete until this run's _SUCCESS, and an
+    earlier run's missing-translations report no longer applies."""
+    for name in (SUCCESS, MISSING_TEXTS, MISSING_SUMMARY):
+        if FileSystems.exists(join(output, name)):
+            delete_paths([join(output, name)])
 
 
 class WriteRunMetadata(beam.PTransform):
     """(shard results, read counts, rejections, translation summary) -> files beside the shards;
     yields stats."""
 
-    def __init__(self, config: RunConfig, gate: Optional[dict] = None):
+    def __init__(self, config: RunConfig, run_id: str, gate: Optional[dict] = None):
         """`gate`: {"missing": side input}, when the build must stop on missing translations."""
         super().__init__()
-        self.config = config
+        self.config, self.run_id = config, run_id
         self.gate = gate or {}
 
     def expand(self, inputs: tuple):
@@ -158,10 +184,10 @@ class WriteRunMetadata(beam.PTransform):
                           | "All" >> beam.Flatten()
                           | "OneGroup" >> beam.Map(lambda r: (None, r))
                           | "Collect" >> beam.GroupByKey()
-                          | "WriteRejects" >> beam.ParDo(_WriteRejects(self.config.output), **self.gate))
+                          | "WriteRejects" >> beam.ParDo(_WriteRejects(self.config.output, self.run_id), **self.gate))
         return (shards.pipeline
                 | "Trigger" >> beam.Create([None])
-                | "Finalize" >> beam.ParDo(_Finalize(self.config),
+                | "Finalize" >> beam.ParDo(_Finalize(self.config, self.run_id),
                                            shards=beam.pvalue.AsList(shards),
                                            read=beam.pvalue.AsDict(read_counts),
                                            rejects=beam.pvalue.AsList(reject_summary),

@@ -1,10 +1,16 @@
 """The translations a build needs and the store does not hold: the gate that stops a build before it
-writes anything, and the report that lists them (counts per language + a JSONL file of the texts)."""
+writes anything, and the report that lists them (counts per language and per reason, one example of
+each failure's cause, and a JSONL file of the texts with their reason).
+
+A translation is missing because it is not in the store and this command does not translate
+(`not_in_store`), or because the translator failed on it (`failed_<reason>`, e.g. failed_http_500):
+failures are not stored, so the next run sends them again."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -14,18 +20,34 @@ from transforms.atomic import join, write_bytes_atomic
 
 MISSING_TEXTS = "missing_translations.jsonl"
 MISSING_SUMMARY = "missing_translations.json"
+NOT_IN_STORE = "not_in_store"
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingTranslation:
+    """A translation the run needs and has no decided outcome for, and why."""
+
+    request: TranslationRequest
+    reason: str  # NOT_IN_STORE, or failed_<reason> (the translator's counter)
+    detail: Optional[str] = None  # a failure's cause, in one line (HTTP status and the server's body...)
 
 
 class _WriteReport(beam.DoFn):
     def __init__(self, output: str):
         self.output = output
 
-    def process(self, item: tuple[None, Iterable[TranslationRequest]]) -> Iterator[dict]:
-        requests = sorted(item[1], key=lambda r: (r.lang, r.text))
-        lines = "".join(json.dumps({"lang": r.lang, "text": r.text, "text_hash": r.text_hash}, ensure_ascii=False)
-                        + "\n" for r in requests)
-        summary = {"total": len(requests), "per_language": dict(sorted(Counter(r.lang for r in requests).items())),
-                   "texts": MISSING_TEXTS}
+    def process(self, item: tuple[None, Iterable[MissingTranslation]]) -> Iterator[dict]:
+        missing = sorted(item[1], key=lambda m: (m.request.lang, m.request.text))
+        lines = "".join(json.dumps({"lang": m.request.lang, "text": m.request.text, "text_hash": m.request.text_hash,
+                                    "reason": m.reason}, ensure_ascii=False) + "\n" for m in missing)
+        examples: dict[str, str] = {}
+        for m in missing:
+            if m.detail is not None:
+                examples[m.reason] = min(examples.get(m.reason, m.detail), m.detail)
+        summary = {"total": len(missing),
+                   "per_language": dict(sorted(Counter(m.request.lang for m in missing).items())),
+                   "per_reason": dict(sorted(Counter(m.reason for m in missing).items())),
+                   "examples": dict(sorted(examples.items())), "texts": MISSING_TEXTS}
         tmp = join(self.output, "_tmp_missing")
         write_bytes_atomic(join(self.output, MISSING_TEXTS), lines.encode("utf-8"), tmp)
         write_bytes_atomic(join(self.output, MISSING_SUMMARY), json.dumps(summary, indent=2).encode("utf-8"), tmp)
@@ -35,8 +57,8 @@ class _WriteReport(beam.DoFn):
 
 
 class GateOnMissing(beam.PTransform):
-    """missing TranslationRequests -> the side input every writing step consults (their count), after
-    writing the report when there are any."""
+    """MissingTranslations -> the side input every writing step consults (their count), after writing
+    the report when there are any."""
 
     def __init__(self, output: str):
         super().__init__()

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 
 from schemas.arrow import MANIFEST_SCHEMA
 from schemas.sample import JSON_EXTENSION
-from transforms.atomic import TMP_DIR, atomic_create, join, write_bytes_atomic
+from transforms.atomic import atomic_create, join, write_bytes_atomic
 from transforms.coverage import ShardMember
 from transforms.image_io import read_image_bytes
+from transforms.run_folder import run_dir, run_tmp
 
-MANIFEST_PARTS_DIR = "_manifest_parts"
 log = logging.getLogger(__name__)
 
 
@@ -32,8 +32,19 @@ def shard_relpath(split: str, index: int) -> str:
     return f"{split}/{index:06d}.tar"
 
 
-def manifest_part_path(output: str, split: str, index: int) -> str:
-    return join(output, MANIFEST_PARTS_DIR, f"{split}-{index:06d}.parquet")
+def manifest_parts_dir(output: str, run_id: str) -> str:
+    """A run's manifest parts: one per shard it wrote, and so its record of those shards."""
+    return join(run_dir(output, run_id), "manifest_parts")
+
+
+def manifest_part_path(output: str, run_id: str, split: str, index: int) -> str:
+    return join(manifest_parts_dir(output, run_id), f"{split}-{index:06d}.parquet")
+
+
+def shard_of_manifest_part(part_path: str) -> str:
+    """The shard (relative path) a manifest part records: its name is <split>-<index>.parquet."""
+    split, index = part_path.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 1)
+    return shard_relpath(split, int(index))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +77,8 @@ class WriteShard(beam.DoFn):
     adjacent, extensions in sorted order, USTAR): importing webdataset would import torch into every
     worker (~500 MiB each) for a writer that needs none of it."""
 
-    def __init__(self, output: str):
-        self.output = output
+    def __init__(self, output: str, run_id: str):
+        self.output, self.run_id = output, run_id
 
     def process(self, item: tuple[tuple[str, int], Iterable[tuple[int, ShardMember]]],
                 missing: int = 0) -> Iterator[ShardResult]:
@@ -78,7 +89,7 @@ class WriteShard(beam.DoFn):
         rows, totals, missing = [], Counter(), Counter()
         images, captions = Counter(), Counter()
         relpath = shard_relpath(split, index)
-        with atomic_create(join(self.output, relpath), join(self.output, TMP_DIR)) as stream:
+        with atomic_create(join(self.output, relpath), run_tmp(self.output, self.run_id)) as stream:
             with tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
                 for position, sample in members:
                     data = read_image_bytes(sample.image)
@@ -103,5 +114,5 @@ class WriteShard(beam.DoFn):
     def _write_manifest_part(self, split: str, index: int, rows: list[dict]) -> None:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), buffer)
-        write_bytes_atomic(manifest_part_path(self.output, split, index), buffer.getvalue(),
-                           join(self.output, TMP_DIR))
+        write_bytes_atomic(manifest_part_path(self.output, self.run_id, split, index), buffer.getvalue(),
+                           run_tmp(self.output, self.run_id))

@@ -3,48 +3,225 @@
 Each source PTransform yields a dict with `records` (SourceRecord, tagged with the source name) and
 `rejected` (Rejection, for inputs a source can already tell are unusable). Images are referenced,
 not loaded: validation and the shard writer read them through FileSystems.
+
+What a source does with a bad input, by kind:
+- a bad *record* (a COCO image entry without id, a row with a null id, a tar member that cannot be
+  used, an image path outside the source's root) is a counted Rejection with a reason; the rest of
+  the file is read;
+- a bad *file among many* (a truncated, corrupt or empty tar) keeps the records read before the
+  break and counts the break as one rejection naming the file and the offset: a job over 10k tars
+  must not die for one of them;
+- a file that is not what the config says it is (COCO JSON that does not parse or lacks "images", a
+  Parquet file without a configured column, a glob that matches nothing) raises InputError naming
+  the file: nothing sensible can be read from it, and the config or the data must be fixed.
+
+Image paths named by the data (COCO `file_name`, a Parquet path column) are confined to the
+source's root: resolved (posixpath.normpath for URIs, os.path.realpath for local files, so a symlink
+is followed before the check) and rejected as `image_outside_root` when they lead out of it, unless
+the source sets `allow_outside_root: true`. A caption file must not be able to make the pipeline
+copy /etc/passwd or another user's files into shards.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import posixpath
 import tarfile
+import zlib
 from collections import defaultdict
-from typing import Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import apache_beam as beam
-from apache_beam.io import fileio
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.config import CocoSource, ParquetSource, SourceSpec, WebDatasetSource
+from schemas.errors import InputError
 from schemas.records import ImageRef, Rejection, SourceRecord, sample_key
 
 REJECTED = "rejected"
 SourceOutput = Union[SourceRecord, Rejection]
+
+# Rejection reasons a source gives (validation adds the image and caption ones).
+OUTSIDE_ROOT = "image_outside_root"
+MALFORMED = "record_malformed"
+DUPLICATE_ENTRY = "duplicate_image_entry"
+MEMBER_UNUSED = "member_unused"
+TAR_EMPTY = "tar_empty"
+TAR_TRUNCATED = "tar_truncated"
+TAR_CORRUPT = "tar_corrupt"
+METADATA_UNREADABLE = "metadata_unreadable"
 
 
 def _join(folder: str, name: str) -> str:
     return FileSystems.join(folder, name) if "://" in folder else posixpath.join(folder, name)
 
 
+# --- confinement of image paths to their source's root ------------------------------------------
+
+def _split_uri(path: str) -> tuple[str, str]:
+    scheme, sep, rest = path.partition("://")
+    return (scheme.lower(), rest) if sep else ("", path)
+
+
+@functools.lru_cache(maxsize=1024)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def resolve_under(root: str, name: str) -> str:
+    """The path `name` (relative to `root`, or absolute, or a URI) names."""
+    if "://" in name or posixpath.isabs(name):
+        return name
+    return _join(root, name)
+
+
+def is_within(root: str, path: str) -> bool:
+    """Whether `path` lies strictly inside `root`: URIs compared after posixpath.normpath (same
+    scheme), local paths after os.path.realpath (symlinks followed, `..` resolved)."""
+    if "://" in root or "://" in path:
+        (root_scheme, root_rest), (scheme, rest) = _split_uri(root), _split_uri(path)
+        if scheme != root_scheme:
+            return False
+        real_root, real = posixpath.normpath(root_rest), posixpath.normpath(rest)
+    else:
+        try:
+            real_root, real = _real_root(root), os.path.realpath(path)
+        except ValueError:  # an embedded NUL byte: no file has that name
+            return False
+    prefix = real_root if real_root.endswith("/") else real_root + "/"
+    return real.startswith(prefix)
+
+
+def confine(record: SourceRecord, root: str, allow_outside: bool) -> SourceOutput:
+    """The record as it is, or an `image_outside_root` rejection (with its captions)."""
+    image = record.image
+    if allow_outside or image is None or image.inline is not None or is_within(root, image.uri):
+        return record
+    return Rejection(record.source, record.key, "image", OUTSIDE_ROOT,
+                     f"{image.uri} is outside the source's root {root} (set allow_outside_root: true to allow)",
+                     captions=len(record.captions))
+
+
+def _matched_paths(pattern: str, source: str, field: str) -> Iterator[str]:
+    """The files a source's glob matches, on a worker; a pattern matching nothing is a config or
+    data mistake (a typo, an unmounted bucket) that must not build an empty dataset with exit 0."""
+    matches = FileSystems.match([pattern])[0].metadata_list
+    if not matches:
+        raise InputError(pattern, f"source {source!r} field {field}: the pattern matches no files")
+    yield from sorted(m.path for m in matches)
+
+
+# --- COCO -----------------------------------------------------------------------------------------
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def parse_coco(spec: CocoSource) -> Iterator[SourceOutput]:
-    """One SourceRecord per image entry; captions whose image_id has no entry are rejected."""
-    with FileSystems.open(spec.captions, compression_type="uncompressed") as f:
-        data = json.load(f)
-    captions: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    image_ids = {img["id"] for img in data["images"]}
-    for ann in data.get("annotations", []):
-        if ann["image_id"] not in image_ids:
-            yield Rejection(spec.name, f"annotation-{ann.get('id')}", "caption", "unknown_image_id",
+    """One SourceRecord per image entry, with its captions; malformed entries and annotations,
+    repeated image entries and captions of unknown images are counted rejections. A document that
+    is not COCO caption JSON at all raises InputError naming it."""
+    path = spec.captions
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(path, f"source {spec.name!r} captions: not valid JSON ({_one_line(e)})") from None
+    except Exception:  # FileNotFoundError, or the BeamIOError a filesystem wraps it in
+        if not FileSystems.exists(path):
+            raise InputError(path, f"source {spec.name!r} captions: file not found") from None
+        raise
+    if not isinstance(data, dict):
+        raise InputError(path, f"source {spec.name!r} captions: not COCO caption JSON (a JSON {_json_type(data)}, "
+                               "not an object with an \"images\" list)")
+    if not isinstance(data.get("images"), list):
+        found = "no \"images\" key" if "images" not in data else f"\"images\" is a JSON {_json_type(data['images'])}"
+        raise InputError(path, f"source {spec.name!r} captions: not COCO caption JSON ({found}; it needs an "
+                               f"\"images\" list; keys: {sorted(data)[:10]})")
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise InputError(path, f"source {spec.name!r} captions: \"annotations\" must be a list, not a JSON "
+                               f"{_json_type(annotations)}")
+
+    def entry_rejection(key: str, detail: str, captions: int = 0) -> Rejection:
+        return Rejection(spec.name, key, "image", MALFORMED, detail, captions)
+
+    # Image entries: the first entry of each id holds its captions; a repeat is rejected.
+    first_index: dict[Any, int] = {}  # every id with an entry -> the index of its first entry
+    entries: dict[Any, str] = {}  # id -> file_name, for usable entries (in file order)
+    repeats: list[Rejection] = []
+    malformed: list[tuple[int, Any, str]] = []  # (index, id or None, detail)
+    for index, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            malformed.append((index, None, f"images[{index}] is not an object (a JSON {_json_type(img)})"))
+            continue
+        image_id, file_name = img.get("id"), img.get("file_name")
+        if not _is_id(image_id):
+            malformed.append((index, None, f"images[{index}]: " + (("no 'id'" if "id" not in img else "'id' is null")
+                                                                   if image_id is None else f"'id' is {image_id!r}")))
+            continue
+        if image_id in first_index:
+            repeats.append(Rejection(spec.name, f"{sample_key(spec.name, str(image_id))}#images{index}", "image",
+                                     DUPLICATE_ENTRY, f"images[{index}] repeats id {image_id!r} (first at "
+                                                      f"images[{first_index[image_id]}]); its captions count once"))
+            continue
+        first_index[image_id] = index
+        if not isinstance(file_name, str) or not file_name:
+            malformed.append((index, image_id, f"images[{index}] (id {image_id!r}): " +
+                              (("no 'file_name'" if "file_name" not in img else "'file_name' is null")
+                               if file_name is None else f"'file_name' is {file_name!r}")))
+            continue
+        entries[image_id] = file_name
+    known_ids = first_index
+
+    captions: dict[Any, list[tuple[tuple, Any]]] = defaultdict(list)
+    for index, ann in enumerate(annotations):
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        key = f"annotation-{ann_id}" if _is_id(ann_id) else f"annotation-index-{index}"
+        if not isinstance(ann, dict):
+            yield Rejection(spec.name, key, "caption", MALFORMED,
+                            f"annotations[{index}] is not an object (a JSON {_json_type(ann)})", captions=1)
+            continue
+        missing = [f"no {field!r}" if field not in ann else f"{field!r} is null"
+                   for field in ("image_id", "caption") if ann.get(field) is None]
+        if missing or not _is_id(ann["image_id"]):
+            detail = ", ".join(missing) if missing else f"'image_id' is {ann['image_id']!r}"
+            yield Rejection(spec.name, key, "caption", MALFORMED, f"annotations[{index}]: {detail}", captions=1)
+            continue
+        if ann["image_id"] not in known_ids:
+            yield Rejection(spec.name, key, "caption", "unknown_image_id",
                             f"image_id {ann['image_id']} has no entry in images", captions=1)
             continue
-        captions[ann["image_id"]].append((ann.get("id", 0), ann["caption"]))
-    for img in data["images"]:
-        source_id = str(img["id"])
-        ordered = tuple(text for _, text in sorted(captions.get(img["id"], [])))
-        yield SourceRecord(source=spec.name, source_id=source_id, key=sample_key(spec.name, source_id),
-                           image=ImageRef(_join(spec.images, img["file_name"])), captions=ordered)
+        order = (0, ann_id, index) if isinstance(ann_id, int) and not isinstance(ann_id, bool) else (1, 0, index)
+        captions[ann["image_id"]].append((order, ann["caption"]))
 
+    def ordered(image_id: Any) -> tuple:
+        return tuple(text for _, text in sorted(captions.get(image_id, []), key=lambda c: c[0]))
+
+    yield from repeats
+    for index, image_id, detail in malformed:
+        key = sample_key(spec.name, str(image_id)) if image_id is not None else \
+            sample_key(spec.name, f"images-index-{index}")
+        yield entry_rejection(key, detail, captions=len(captions.get(image_id, ())) if image_id is not None else 0)
+    for image_id, file_name in entries.items():
+        source_id = str(image_id)
+        yield SourceRecord(source=spec.name, source_id=source_id, key=sample_key(spec.name, source_id),
+                           image=ImageRef(resolve_under(spec.images, file_name)), captions=ordered(image_id))
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one line (the CLI shows the first line of a tagged error)."""
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+# --- WebDataset tars ------------------------------------------------------------------------------
 
 _IMAGE_MEMBER_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -54,30 +231,87 @@ def _wds_captions(spec: WebDatasetSource, members: dict[str, bytes]) -> tuple[Un
         return (members["txt"],) if "txt" in members else ()
     if "json" not in members:
         return ()
-    value = json.loads(members["json"].decode("utf-8")).get(spec.caption[len("json:"):])
+    meta = json.loads(members["json"].decode("utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"the .json member is a JSON {type(meta).__name__}, not an object")
+    value = meta.get(spec.caption[len("json:"):])
     if value is None:
         return ()
     return tuple(value) if isinstance(value, list) else (value,)
 
 
+class _TrackedTarInfo(tarfile.TarInfo):
+    """Remembers on the TarFile why the last header could not be read: tarfile ends the iteration
+    quietly on a missing, short or invalid header after the first, so a truncated or corrupt tar
+    would otherwise look complete."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as e:
+            tar.florenz_end = e
+            raise
+
+
+def _tar_break(spec: WebDatasetSource, url: str, reason: str, offset: int, detail: str) -> Rejection:
+    kept = "; the records before it are kept, the rest of the file is not read" if offset else ""
+    return Rejection(spec.name, sample_key(spec.name, f"{posixpath.basename(url)}@{offset}"), "image", reason,
+                     f"{url} at byte {offset} of the tar stream: {detail}{kept}")
+
+
 def parse_webdataset_tar(spec: WebDatasetSource, url: str) -> Iterator[SourceOutput]:
-    """Stream one tar; group members by key (basename up to the first dot, as webdataset does)."""
-    current_key, members, image_ref = None, {}, None
+    """Stream one tar (plain, or compressed: gzip, bz2, xz are detected); group members by key.
+
+    The key is the member's basename up to its first dot, as webdataset reads it; a member's role
+    comes from its extension: exactly jpg/jpeg/png/webp is the image, exactly the caption member
+    (`txt` or `json`) holds the caption. Every other member that carries an image or a caption by
+    its last extension (`a.b.jpg`, read by webdataset as key `a`, extension `b.jpg`; a second image
+    of a key; `x.de.txt`) is counted and rejected as `member_unused`, so no image or caption
+    escapes the accounting.
+
+    A tar that breaks (truncated, corrupt header, gzip stream cut short) keeps the records read
+    before the break, and the break is one rejection (`tar_truncated` / `tar_corrupt`) naming the
+    file and the offset. An empty (0-byte) tar is a rejection too (`tar_empty`), not an error: it is
+    what a failed download leaves, and one of 10k shards must not stop the job; the rejection makes
+    it visible in rejects.jsonl and stats.json. (Either break counts as one rejected image: the
+    records in the unread rest cannot be counted.)
+
+    Plain tars are referenced by byte range (the shard writer reads the image again); members of a
+    compressed tar have no cheap random access, so their image bytes are carried inline."""
+    caption_ext = "txt" if spec.caption == "txt" else "json"
+    state: dict[str, Any] = {"key": None}
+
+    def start(key: Optional[str]) -> None:
+        state.update(key=key, members={}, image=None, used=False)
 
     def flush() -> Iterator[SourceOutput]:
-        if current_key is None:
+        if state["key"] is None or not state["used"]:
             return
-        source_id = f"{posixpath.basename(url)}/{current_key}"
+        source_id = f"{posixpath.basename(url)}/{state['key']}"
+        key = sample_key(spec.name, source_id)
         try:
-            captions = _wds_captions(spec, members)
+            captions = _wds_captions(spec, state["members"])
         except (ValueError, UnicodeDecodeError) as e:
-            yield Rejection(spec.name, sample_key(spec.name, source_id), "image", "metadata_unreadable", str(e))
+            yield Rejection(spec.name, key, "image", METADATA_UNREADABLE, f"{url}: {state['key']}.json: {e}")
             return
-        yield SourceRecord(spec.name, source_id, sample_key(spec.name, source_id), image_ref, captions)
+        yield SourceRecord(spec.name, source_id, key, state["image"], captions)
 
+    def unused(name: str, level: str, why: str) -> Rejection:
+        return Rejection(spec.name, sample_key(spec.name, f"{posixpath.basename(url)}/{name}"), level,
+                         MEMBER_UNUSED, f"{url}: member {name}: {why}", captions=1 if level == "caption" else 0)
+
+    start(None)
+    tar = None
     with FileSystems.open(url, compression_type="uncompressed") as f:
-        with tarfile.open(fileobj=f, mode="r|") as tar:
-            for info in tar:
+        try:
+            tar = tarfile.open(fileobj=f, mode="r|*", tarinfo=_TrackedTarInfo)
+            compressed = tar.fileobj.comptype != "tar"
+            while True:
+                info = tar.next()
+                if info is None:
+                    break
+                tar.members = []  # stream mode keeps every TarInfo otherwise
                 if not info.isfile():
                     continue
                 base = posixpath.basename(info.name)
@@ -85,32 +319,128 @@ def parse_webdataset_tar(spec: WebDatasetSource, url: str) -> Iterator[SourceOut
                     continue
                 key, ext = base.split(".", 1)
                 key = posixpath.join(posixpath.dirname(info.name), key)
-                if key != current_key:
-                    yield from flush()
-                    current_key, members, image_ref = key, {}, None
                 ext = ext.lower()
-                if ext in _IMAGE_MEMBER_EXTS:
-                    image_ref = ImageRef(url, offset=info.offset_data, length=info.size)
-                elif ext in ("txt", "json"):
-                    members[ext] = tar.extractfile(info).read()
+                role_ext = ext.rsplit(".", 1)[-1]
+                if key != state["key"]:
+                    yield from flush()
+                    start(key)
+                if ext in _IMAGE_MEMBER_EXTS and state["image"] is None:
+                    state["image"] = (ImageRef(url, inline=tar.extractfile(info).read()) if compressed
+                                      else ImageRef(url, offset=info.offset_data, length=info.size))
+                    state["used"] = True  # after the read: a member cut short by a break makes no record
+                elif role_ext in _IMAGE_MEMBER_EXTS:
+                    why = (f"a second image of key {key!r}" if ext in _IMAGE_MEMBER_EXTS else
+                           f"read as key {key!r} with extension {ext!r} (a dot in the key?), not an image member")
+                    yield unused(info.name, "image", why)
+                elif ext == caption_ext and caption_ext not in state["members"]:
+                    state["members"][ext] = tar.extractfile(info).read()
+                    state["used"] = True
+                elif role_ext == caption_ext:
+                    why = (f"a second .{ext} member of key {key!r}" if ext == caption_ext else
+                           f"read as key {key!r} with extension {ext!r}; the caption is <key>.{caption_ext}")
+                    yield unused(info.name, "caption", why)
+            end = getattr(tar, "florenz_end", None)
+            if isinstance(end, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
+                yield from flush()
+                start(None)
+                yield _tar_break(spec, url, TAR_TRUNCATED, tar.offset,
+                                 "the file ends without the tar end-of-archive marker (cut short)")
+            elif isinstance(end, tarfile.InvalidHeaderError):
+                yield from flush()
+                start(None)
+                yield _tar_break(spec, url, TAR_CORRUPT, tar.offset, f"invalid tar header ({end})")
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            offset = tar.offset if tar is not None else 0
             yield from flush()
+            start(None)
+            message = str(e) or type(e).__name__
+            if offset == 0 and "empty file" in message:
+                yield _tar_break(spec, url, TAR_EMPTY, 0, "the file is empty (0 bytes)")
+            elif "unexpected end" in message or "truncated" in message.lower() or isinstance(e, EOFError) \
+                    or "Compressed file ended" in message:
+                yield _tar_break(spec, url, TAR_TRUNCATED, offset, message)
+            else:
+                yield _tar_break(spec, url, TAR_CORRUPT, offset, _one_line(e))
+        yield from flush()
 
 
-def parse_parquet_row(spec: ParquetSource, row: dict) -> SourceOutput:
-    source_id = str(row[spec.id_column])
+# --- Parquet --------------------------------------------------------------------------------------
+
+def _parquet_columns(spec: ParquetSource) -> dict[str, str]:
+    """Configured column -> the config field naming it."""
+    fields = ("id_column", "caption_column", "image_column", "image_path_column")
+    return {getattr(spec, f): f for f in fields if getattr(spec, f)}
+
+
+def parquet_row_groups(spec: ParquetSource, path: str) -> Iterator[tuple[str, int]]:
+    """(path, row group index) for each row group of one file, after checking from its footer that
+    it is Parquet and holds every configured column (InputError naming the file otherwise)."""
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        try:
+            parquet = pq.ParquetFile(f)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet
+            raise InputError(path, f"source {spec.name!r}: not a readable Parquet file ({_one_line(e)})") from None
+        names = parquet.schema_arrow.names
+        for column, field in _parquet_columns(spec).items():
+            if column not in names:
+                raise InputError(path, f"source {spec.name!r} {field}: column {column!r} is not in the file; "
+                                       f"its columns are {names}")
+        groups = parquet.num_row_groups
+    for index in range(groups):
+        yield path, index
+
+
+def read_parquet_row_group(spec: ParquetSource, item: tuple[str, int]) -> Iterator[SourceOutput]:
+    """The rows of one row group, streamed in batches, as records or rejections."""
+    path, group = item
+    columns = list(_parquet_columns(spec))
+    row = 0
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        try:
+            batches = pq.ParquetFile(f).iter_batches(batch_size=256, row_groups=[group], columns=columns)
+            for batch in batches:
+                for values in batch.to_pylist():
+                    yield parse_parquet_row(spec, values, where=(path, group, row))
+                    row += 1
+        except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError (OSError)
+            raise InputError(path, f"source {spec.name!r}: row group {group} cannot be read after row {row} "
+                                   f"({_one_line(e)})") from None
+
+
+def parse_parquet_row(spec: ParquetSource, row: dict, where: tuple[str, int, int] = ("", 0, 0)) -> SourceOutput:
+    """One row -> a record; `where` is (file, row group, row) for naming the row in a rejection.
+
+    A null caption is no caption; every other value (0, "", a list with nulls) is a caption that
+    validation judges, so each is counted. A null id is rejected (it would become "None" and
+    collide with every other null id). Image paths are confined to image_root, or without one to
+    the folder of the Parquet file."""
+    path, group, index = where
     caption = row[spec.caption_column]
-    captions = tuple(caption) if isinstance(caption, (list, tuple)) else ((caption,) if caption else ())
+    captions = tuple(caption) if isinstance(caption, (list, tuple)) else (() if caption is None else (caption,))
+    raw_id = row[spec.id_column]
+    if raw_id is None or raw_id == "":
+        position = f"{posixpath.basename(path)}:rg{group}:row{index}"
+        return Rejection(spec.name, sample_key(spec.name, position), "image", MALFORMED,
+                         f"{path} row group {group} row {index}: id_column {spec.id_column!r} is "
+                         f"{'null' if raw_id is None else 'empty'}", captions=len(captions))
+    source_id = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else str(raw_id)
+    key = sample_key(spec.name, source_id)
     if spec.image_column is not None:
         data = row[spec.image_column]
         image = ImageRef(uri=f"parquet:{spec.name}/{source_id}", inline=data) if data else None
-    else:
-        path = row[spec.image_path_column]
-        image = None
-        if path:
-            image = ImageRef(path if ("://" in path or posixpath.isabs(path)) or not spec.image_root
-                             else _join(spec.image_root, path))
-    return SourceRecord(spec.name, source_id, sample_key(spec.name, source_id), image, captions)
+        return SourceRecord(spec.name, source_id, key, image, captions)
+    image_path = row[spec.image_path_column]
+    if not image_path:
+        return SourceRecord(spec.name, source_id, key, None, captions)
+    if not isinstance(image_path, str):
+        return Rejection(spec.name, key, "image", MALFORMED, f"image_path_column {spec.image_path_column!r} "
+                         f"holds a {type(image_path).__name__}, not a path", captions=len(captions))
+    root = spec.image_root or posixpath.dirname(path)
+    record = SourceRecord(spec.name, source_id, key, ImageRef(resolve_under(root, image_path)), captions)
+    return confine(record, root, spec.allow_outside_root)
 
+
+# --- the source transform -------------------------------------------------------------------------
 
 class _Route(beam.DoFn):
     """Send Rejections to the `rejected` output, records to the main one."""
@@ -123,7 +453,11 @@ class _Route(beam.DoFn):
 
 
 class ReadSource(beam.PTransform):
-    """Read one configured source; returns {"records": ..., "rejected": ...}."""
+    """Read one configured source; returns {"records": ..., "rejected": ...}.
+
+    Globs are matched on a worker (no construction-time listing), files are spread before they are
+    opened, and Parquet is read per (file, row group) after each file's footer is checked, which
+    keeps row-group parallelism and lets a bad file be named."""
 
     def __init__(self, spec: SourceSpec):
         super().__init__(label=f"Read[{spec.name}]")
@@ -132,20 +466,25 @@ class ReadSource(beam.PTransform):
     def expand(self, pbegin):
         spec = self.spec
         if isinstance(spec, CocoSource):
-            # One document parsed by one worker: spread its records so validation runs everywhere.
+            # One document parsed by one worker: spread its records so confinement and validation
+            # run everywhere.
             raw = (pbegin | "Spec" >> beam.Create([spec]) | "ParseCoco" >> beam.FlatMap(parse_coco)
-                   | "Spread" >> beam.Reshuffle())
+                   | "Spread" >> beam.Reshuffle()
+                   | "Confine" >> beam.Map(lambda r, s=spec: r if isinstance(r, Rejection)
+                                           else confine(r, s.images, s.allow_outside_root)))
         elif isinstance(spec, WebDatasetSource):
             raw = (pbegin
-                   | "Match" >> fileio.MatchFiles(spec.urls)
-                   | "Urls" >> beam.Map(lambda m: m.path)
+                   | "Pattern" >> beam.Create([spec.urls])
+                   | "Match" >> beam.FlatMap(_matched_paths, spec.name, "urls")
                    | "SpreadUrls" >> beam.Reshuffle()
                    | "ParseTars" >> beam.FlatMap(lambda url, s=spec: parse_webdataset_tar(s, url)))
-        else:  # ReadFromParquet splits by row group on its own
-            columns = [c for c in (spec.id_column, spec.caption_column, spec.image_column,
-                                   spec.image_path_column) if c]
+        else:
             raw = (pbegin
-                   | "ReadParquet" >> beam.io.ReadFromParquet(spec.files, columns=columns)
-                   | "Parse" >> beam.Map(lambda row, s=spec: parse_parquet_row(s, row)))
+                   | "Pattern" >> beam.Create([spec.files])
+                   | "Match" >> beam.FlatMap(_matched_paths, spec.name, "files")
+                   | "SpreadFiles" >> beam.Reshuffle()
+                   | "RowGroups" >> beam.FlatMap(lambda path, s=spec: parquet_row_groups(s, path))
+                   | "SpreadRowGroups" >> beam.Reshuffle()
+                   | "ReadRowGroups" >> beam.FlatMap(lambda item, s=spec: read_parquet_row_group(s, item)))
         routed = raw | "Route" >> beam.ParDo(_Route()).with_outputs(REJECTED, main="records")
         return {"records": routed.records, "rejected": routed[REJECTED]}

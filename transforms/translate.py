@@ -2,7 +2,10 @@
 outcome (accepted or rejected, with reason) is appended to the store as atomic Parquet parts.
 
 A re-run, or a run killed and restarted, finds what earlier runs stored and sends only the rest; at
-most the batches in flight when a run was killed are sent again.
+most the batches in flight when a run was killed are sent again. Requests that failed (after their
+retries) are not stored: they are counted per reason (`failed_http_500`...), one example of each
+reason's cause is kept in the summary (`failure_examples`, bounded by the number of reasons, not by the
+input), and they are passed on as missing, with that cause.
 """
 from __future__ import annotations
 
@@ -14,12 +17,15 @@ import apache_beam as beam
 
 from schemas.arrow import STATUS_ACCEPTED
 from schemas.config import StoreConfig, TranslatorConfig
+from schemas.errors import ConfigError
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest, text_hash
-from transforms.counting import SumCounts
+from schemas.secrets import api_key_from_env
+from transforms.missing import NOT_IN_STORE, MissingTranslation
 from transforms.translation_store import ReadStoreEntries, StoreEntry, write_store_part
 
 MISSES = "misses"
 NAMESPACE = "translate"  # Beam metrics of the translate stage
+FAILURE_EXAMPLES = "failure_examples"  # summary key: failed_<reason> -> one example of its cause
 log = logging.getLogger(__name__)
 
 
@@ -68,14 +74,48 @@ class _AppendToStore(beam.DoFn):
             self._rows = []
 
 
-def _outcome_counts(outcome: TranslationOutcome) -> dict[str, int]:
-    """The counts one translated request contributes to the summary (and to Beam metrics)."""
+def _outcome_counts(outcome: TranslationOutcome) -> dict:
+    """The counts one translated request contributes to the summary (and to Beam metrics); a failure
+    also brings its cause (FAILURE_EXAMPLES), of which the summary keeps one per reason."""
     result = STATUS_ACCEPTED if outcome.status == STATUS_ACCEPTED else f"{outcome.status}_{outcome.reason}"
     beam.metrics.Metrics.counter(NAMESPACE, result).inc()
-    counts = Counter({"requested": 1, "translated": 1, result: 1, "sent": outcome.requests_sent})
+    counts: dict = Counter({"requested": 1, "translated": 1, result: 1, "sent": outcome.requests_sent})
     if outcome.strict_retry:
         counts["retried"] += 1
+    if outcome.status == STATUS_FAILED:
+        counts[FAILURE_EXAMPLES] = {result: outcome.raw_output or ""}
     return counts
+
+
+class _Summarize(beam.CombineFn):
+    """Count dicts -> one dict of per-key sums (keys sorted), plus FAILURE_EXAMPLES: for each failure
+    reason, one example of its cause (the smallest, so the choice does not depend on bundling)."""
+
+    def create_accumulator(self) -> tuple[Counter, dict]:
+        return Counter(), {}
+
+    def add_input(self, acc: tuple[Counter, dict], counts: dict) -> tuple[Counter, dict]:
+        total, examples = acc
+        for key, value in counts.items():
+            if key == FAILURE_EXAMPLES:
+                for reason, example in value.items():
+                    examples[reason] = min(examples.get(reason, example), example)
+            else:
+                total[key] += value
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[tuple[Counter, dict]]) -> tuple[Counter, dict]:
+        merged = self.create_accumulator()
+        for total, examples in accs:
+            self.add_input(merged, {**total, FAILURE_EXAMPLES: examples})
+        return merged
+
+    def extract_output(self, acc: tuple[Counter, dict]) -> dict:
+        total, examples = acc
+        summary: dict = dict(sorted(total.items()))
+        if examples:
+            summary[FAILURE_EXAMPLES] = dict(sorted(examples.items()))
+        return summary
 
 
 def _accepted_new(outcome: TranslationOutcome) -> Iterator[tuple[str, tuple[str, str]]]:
@@ -89,11 +129,20 @@ def _accepted_hit(item: tuple[str, str, StoreEntry]) -> Iterator[tuple[str, tupl
         yield hash_, (lang, entry.translation)
 
 
+def _check_api_key(translator: TranslatorConfig) -> None:
+    """Before anything runs: the variable api_key_env names must be set where the pipeline is launched
+    (workers read it again themselves: the key is never part of the serialized pipeline)."""
+    if translator.api_key_env and api_key_from_env(translator.api_key_env) is None:
+        raise ConfigError("translator.api_key_env", f"names the environment variable {translator.api_key_env}, "
+                                                    "which is not set (or empty); set it to the server's API key")
+
+
 class TranslateTexts(beam.PTransform):
     """Normalized English texts -> {"translations": (text_hash, (lang, translation)) accepted, from
     the store or new; "summary": one dict of counts (requested, cache hits, translated, accepted,
-    rejected_<reason>, failed_<reason>, retried); "missing": the TranslationRequests with no decided
-    outcome (not in the store and no translator, or failed for good)}."""
+    rejected_<reason>, failed_<reason>, retried) with FAILURE_EXAMPLES when requests failed;
+    "missing": a MissingTranslation per request with no decided outcome (not in the store and no
+    translator, or failed for good: with the failure's reason and cause)}."""
 
     def __init__(self, store: StoreConfig, translator: Optional[TranslatorConfig], languages: Iterable[str]):
         super().__init__()
@@ -116,6 +165,7 @@ class TranslateTexts(beam.PTransform):
         counts = [looked_up.hits | "HitCounts" >> beam.Map(lambda hit: hit[1])]
         translations = [hits | "HitTranslations" >> beam.FlatMap(_accepted_hit)]
         if self.translator is not None:
+            _check_api_key(self.translator)
             # Imported here: Beam's RunInference imports torch when it is installed (~500 MiB in
             # every worker), which a build that only reads the store does not need.
             from apache_beam.ml.inference.base import RunInference
@@ -128,11 +178,12 @@ class TranslateTexts(beam.PTransform):
             counts.append(outcomes | "OutcomeCounts" >> beam.Map(_outcome_counts))
             translations.append(outcomes | "NewTranslations" >> beam.FlatMap(_accepted_new))
             missing = (outcomes | "StillMissing" >> beam.Filter(lambda o: o.status == STATUS_FAILED)
-                       | "FailedRequests" >> beam.Map(lambda o: o.request))
+                       | "FailedRequests" >> beam.Map(
+                           lambda o: MissingTranslation(o.request, f"{o.status}_{o.reason}", o.raw_output)))
         else:
             counts.append(looked_up[MISSES] | "MissCounts" >> beam.Map(
-                lambda r: {"requested": 1, "not_in_store": 1}))
-            missing = looked_up[MISSES]
-        summary = counts | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombineGlobally(SumCounts())
+                lambda r: {"requested": 1, NOT_IN_STORE: 1}))
+            missing = looked_up[MISSES] | "NotInStore" >> beam.Map(lambda r: MissingTranslation(r, NOT_IN_STORE))
+        summary = counts | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombineGlobally(_Summarize())
         return {"translations": translations | "AllTranslations" >> beam.Flatten(), "summary": summary,
                 "missing": missing}

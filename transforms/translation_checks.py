@@ -3,7 +3,11 @@ a one-line translation into the right language.
 
 Pure functions, no Beam: the translator calls them per output, and eval-translator reports their
 reasons. The reasons, in the order they are checked: empty, multiple_lines, copy_of_source,
-wrong_script, wrong_language, length_ratio, repetition.
+wrong_script, length_ratio, wrong_language, repetition. Cheap before costly: an answer far longer than
+the length bound allows (the bound plus `output_slack_chars` for preambles, quotes and notes) is
+rejected as length_ratio before it is even cleaned, and the length bound is checked before language
+detection (langdetect takes seconds on a megabyte) and the repetition checks, so what a server
+answers costs at most linear time in the source's length.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ WRONG_SCRIPT = "wrong_script"
 WRONG_LANGUAGE = "wrong_language"
 LENGTH_RATIO = "length_ratio"
 REPETITION = "repetition"
-REASONS = (EMPTY, MULTIPLE_LINES, COPY_OF_SOURCE, WRONG_SCRIPT, WRONG_LANGUAGE, LENGTH_RATIO, REPETITION)
+REASONS = (EMPTY, MULTIPLE_LINES, COPY_OF_SOURCE, WRONG_SCRIPT, LENGTH_RATIO, WRONG_LANGUAGE, REPETITION)
 
 # Preambles instruction-tuned models put before the answer; matched at the start only.
 _PREAMBLES = [re.compile(p, re.IGNORECASE) for p in (
@@ -40,7 +44,8 @@ _PREAMBLES = [re.compile(p, re.IGNORECASE) for p in (
     r"^(?:翻译|译文)\s*[:：]\s*",
 )]
 _QUOTES = {'"': '"', "'": "'", "“": "”", "„": "“", "«": "»", "‹": "›", "「": "」", "『": "』", "”": "”", "‚": "‘"}
-_TRAILING_NOTE = re.compile(r"\s*\((?:note|remarque|hinweis|nota|примечание)\b[^)]*\)\s*$", re.IGNORECASE)
+# No leading \s*: re.sub would retry it at every space of a long run (quadratic); rstrip() instead.
+_TRAILING_NOTE = re.compile(r"\((?:note|remarque|hinweis|nota|примечание)\b[^)]*\)\s*$", re.IGNORECASE)
 
 # Unicode script each target language must be written in (by unicodedata name prefix).
 _SCRIPTS = {"zh": ("CJK",), "ja": ("CJK", "HIRAGANA", "KATAKANA"), "ko": ("HANGUL",),
@@ -70,6 +75,8 @@ class CheckRules:
     length_ratio: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=lambda: {
         "zh": (0.08, 1.0), "ja": (0.1, 1.2), "ko": (0.12, 1.3)})
     default_length_ratio: tuple[float, float] = (0.3, 2.6)
+    # what an answer may carry beyond the upper length bound before cleaning (preamble, quotes, a note)
+    output_slack_chars: int = 500
     repetition_min_chars: int = 30
     max_compression_ratio: float = 2.6  # zlib: a repetition loop compresses far better than prose
     max_consecutive_repeats: int = 3  # the same word n-gram this many times in a row
@@ -91,7 +98,9 @@ def clean_translation(output: str) -> str:
             stripped = preamble.sub("", text, count=1).strip()
             if stripped != text and stripped:
                 text, changed = stripped, True
-        text = _TRAILING_NOTE.sub("", text).strip()
+        note = _TRAILING_NOTE.search(text) if text.endswith(")") else None
+        if note:
+            text = text[:note.start()].strip()
         if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
             text, changed = text[1:-1].strip(), True
     return text
@@ -129,6 +138,9 @@ def _repeats(text: str, limit: int) -> bool:
 
 def check_translation(source: str, output: str, lang: str, rules: CheckRules = CheckRules()) -> CheckResult:
     """Accept (cleaned text) or reject (reason) one translation of `source` into `lang`."""
+    low, high = rules.length_ratio.get(lang, rules.default_length_ratio)
+    if len(output) > high * max(1, len(source)) + rules.output_slack_chars:
+        return CheckResult(None, LENGTH_RATIO)  # before cleaning: cleaning and detection cost grows with it
     text = clean_translation(output)
     if not normalize_text(text):
         return CheckResult(None, EMPTY)
@@ -139,15 +151,14 @@ def check_translation(source: str, output: str, lang: str, rules: CheckRules = C
         return CheckResult(None, COPY_OF_SOURCE)
     if _script_share(text, _SCRIPTS.get(lang, _LATIN)) < rules.min_script_share:
         return CheckResult(None, WRONG_SCRIPT)
+    if not low <= len(text) / max(1, len(source)) <= high:
+        return CheckResult(None, LENGTH_RATIO)
     if len(text) >= rules.detect_min_chars:
         probs = _langdetect(text)
         top = max(probs, key=probs.get) if probs else lang
         if (top != lang and not _siblings(top, lang) and probs[top] >= rules.wrong_language_prob
                 and probs.get(lang, 0.0) <= rules.target_language_max_prob):
             return CheckResult(None, WRONG_LANGUAGE)
-    low, high = rules.length_ratio.get(lang, rules.default_length_ratio)
-    if not low <= len(text) / max(1, len(source)) <= high:
-        return CheckResult(None, LENGTH_RATIO)
     compressible = len(text) >= rules.repetition_min_chars and \
         len(text.encode("utf-8")) / len(zlib.compress(text.encode("utf-8"))) > rules.max_compression_ratio
     if compressible or _repeats(text, rules.max_consecutive_repeats):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -19,7 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.arrow import STATUS_ACCEPTED, TRANSLATION_SCHEMA
 from schemas.config import StoreConfig
-from transforms.atomic import join, write_bytes_atomic
+from schemas.errors import InputError
+from transforms.atomic import glob_escape, join, write_bytes_atomic
 
 PART_GLOB = "part-*.parquet"
 
@@ -36,10 +37,55 @@ def write_store_part(store_path: str, rows: Iterable[Mapping[str, object]]) -> s
     return path
 
 
+def parts_pattern(store_path: str) -> str:
+    """The FileSystems.match pattern of the store's parts; the store's own path is matched literally
+    (a store at /data/run[1]/store is read back)."""
+    return join(glob_escape(store_path), PART_GLOB)
+
+
 def store_parts(store_path: str) -> list[str]:
     """Paths of the store's complete parts (temporary files live elsewhere and never match)."""
-    matches = FileSystems.match([join(store_path, PART_GLOB)])[0].metadata_list
+    matches = FileSystems.match([parts_pattern(store_path)])[0].metadata_list
     return sorted(m.path for m in matches)
+
+
+_DAMAGED_PART = ("store parts are written whole (temporary name, then rename), so this one was damaged after it "
+                 "was written (a partial copy or sync?): restore it from where the store was copied from, or move "
+                 "it out of the store folder; the translations it held are then missing and `florenz-data "
+                 "translate` sends them again")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def part_row_groups(path: str) -> Iterator[tuple[str, int]]:
+    """(part, row group index) for each row group of one store part, after reading its footer;
+    a part that is not readable Parquet raises InputError naming it and saying what to do."""
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        try:
+            groups = pq.ParquetFile(f).num_row_groups
+        except Exception as e:  # pyarrow: ArrowInvalid, OSError
+            raise InputError(path, f"translation store part is not readable Parquet ({_one_line(e)}); "
+                                   f"{_DAMAGED_PART}") from None
+    for index in range(groups):
+        yield path, index
+
+
+def read_part_row_group(item: tuple[str, int], fingerprint: str,
+                        languages: frozenset[str]) -> Iterator[tuple[tuple[str, str], "StoreEntry"]]:
+    """((text_hash, lang), StoreEntry) of one row group of one part, for one fingerprint and languages."""
+    path, group = item
+    columns = ["text_hash", "lang", "fingerprint", "status", "translation", "reason"]
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        try:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096, row_groups=[group], columns=columns):
+                for r in batch.to_pylist():
+                    if r["fingerprint"] == fingerprint and r["lang"] in languages:
+                        yield (r["text_hash"], r["lang"]), StoreEntry(r["status"], r["translation"], r["reason"])
+        except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (ValueError), ArrowIOError (OSError)
+            raise InputError(path, f"translation store part: row group {group} cannot be read "
+                                   f"({_one_line(e)}); {_DAMAGED_PART}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +109,15 @@ class ReadStoreEntries(beam.PTransform):
         self.languages = frozenset(languages)
 
     def expand(self, pbegin):
-        if not store_parts(self.store.path):
-            return pbegin | "EmptyStore" >> beam.Create([])
+        # Parts are listed on a worker (an empty or new store matches nothing, which is fine), read
+        # per (part, row group) after each footer is checked, so a damaged part is named.
         fingerprint, languages = self.store.fingerprint, self.languages
         return (pbegin
-                | "ReadParts" >> beam.io.ReadFromParquet(join(self.store.path, PART_GLOB))
-                | "Mine" >> beam.Filter(lambda r: r["fingerprint"] == fingerprint and r["lang"] in languages)
-                | "ByKey" >> beam.Map(lambda r: ((r["text_hash"], r["lang"]),
-                                                 StoreEntry(r["status"], r["translation"], r["reason"])))
+                | "Pattern" >> beam.Create([parts_pattern(self.store.path)])
+                | "MatchParts" >> beam.FlatMap(lambda pattern: sorted(
+                    m.path for m in FileSystems.match([pattern])[0].metadata_list))
+                | "SpreadParts" >> beam.Reshuffle()
+                | "RowGroups" >> beam.FlatMap(part_row_groups)
+                | "SpreadRowGroups" >> beam.Reshuffle()
+                | "ReadRowGroups" >> beam.FlatMap(read_part_row_group, fingerprint, languages)
                 | "OnePerKey" >> beam.CombinePerKey(prefer_entry))

@@ -36,8 +36,20 @@ def check_caption(raw: Union[str, bytes], rules: ValidationRules) -> tuple[Optio
     return text, ""
 
 
+_ORIENTATION_TAG = 0x0112
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block does not make the image unusable: no turn
+        return 1
+    return value if isinstance(value, int) else 1
+
+
 def inspect_image(data: bytes, rules: ValidationRules) -> tuple[Optional[tuple[str, int, int]], str, str]:
-    """((extension, width, height), "", "") for a usable image, else (None, reason, detail)."""
+    """((extension, width, height), "", "") for a usable image, else (None, reason, detail); width and
+    height as displayed, after the EXIF Orientation."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -47,6 +59,10 @@ def inspect_image(data: bytes, rules: ValidationRules) -> tuple[Optional[tuple[s
                     return None, "image_too_large", f"{width}x{height}"
                 fmt = img.format
                 img.load()
+                # Viewers (and PIL's ImageOps.exif_transpose) show an image turned by its EXIF
+                # Orientation; 5-8 turn it by 90 degrees, so the displayed width and height swap.
+                if _exif_orientation(img) in (5, 6, 7, 8):
+                    width, height = height, width
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return None, "image_too_large", str(e)
     except Exception as e:  # PIL raises many types for bad data: all mean "does not decode"

@@ -6,7 +6,9 @@ Differs from Beam's `apache_beam/ml/inference/vllm_inference.py` where the pipel
 - health is polled on /health every 0.5 s (Beam sleeps 5 s between `models.list()` calls), and a
   server that exits during start-up fails at once with its last log lines instead of after 600 s;
 - a dead server is restarted by the request that finds it dead, under a lock, once per death;
-- external endpoints are first-class: requests are spread across the URLs the user gives.
+- external endpoints are first-class: requests are spread across the URLs the user gives;
+- an API key (from the environment variable `translator.api_key_env` names) is passed to the managed
+  server as `--api-key`, and masked in the launch log line, its log tail and error messages.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import urllib.request
 from typing import Optional, Sequence
 
 from schemas.config import ManagedServer
+from schemas.secrets import API_KEY_FLAG, redact, redact_args
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,10 @@ def _healthy(base: str, timeout: float = 2.0) -> bool:
 class ManagedVLLMServer:
     """One vLLM OpenAI-compatible server per worker, started on first use, restarted if it dies."""
 
-    def __init__(self, model: str, spec: ManagedServer):
+    def __init__(self, model: str, spec: ManagedServer, api_key: Optional[str] = None):
         self.model = model
         self.spec = spec
+        self._api_key = api_key
         self.restarts = 0
         self._process: Optional[subprocess.Popen] = None
         self._port = 0
@@ -92,7 +96,9 @@ class ManagedVLLMServer:
         self._port = _free_port()
         cmd = [*self.spec.command, "--model", self.model, "--host", "127.0.0.1", "--port", str(self._port),
                *self.spec.args]
-        log.info("starting vLLM server: %s", " ".join(cmd))
+        if self._api_key:
+            cmd += [API_KEY_FLAG, self._api_key]
+        log.info("starting vLLM server: %s", " ".join(redact_args(cmd)))
         self._process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                          errors="replace", start_new_session=True)
         threading.Thread(target=self._drain, args=(self._process,), daemon=True).start()
@@ -100,7 +106,7 @@ class ManagedVLLMServer:
         base = f"http://127.0.0.1:{self._port}"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                tail = "\n".join(self._log_tail)
+                tail = redact("\n".join(self._log_tail), [self._api_key])
                 raise RuntimeError(f"vLLM server exited with {self._process.returncode} during start-up:\n{tail}")
             if _healthy(base):
                 log.info("vLLM server ready at %s", base)
@@ -112,8 +118,9 @@ class ManagedVLLMServer:
     def _drain(self, process: subprocess.Popen) -> None:
         """Keep the pipe from filling, and the last lines for error messages."""
         for line in process.stdout:
-            self._log_tail.append(line.rstrip())
-            log.debug("vllm: %s", line.rstrip())
+            line = redact(line.rstrip(), [self._api_key])  # vLLM logs its arguments, --api-key included
+            self._log_tail.append(line)
+            log.debug("vllm: %s", line)
 
     def stop(self) -> None:
         with self._lock:

@@ -1,0 +1,48 @@
+"""Each run's private folder inside its output: OUTPUT/_runs/<run id>/ holds the run's temporary
+files (tmp/) and its record of what it wrote (manifest_parts/, superseded.json), so two runs never
+share a temporary name, and a killed run's leftovers say exactly which shards it wrote.
+
+Deleting works on object stores too, where a "folder" is a prefix that `exists()` calls absent:
+every object under it is matched and deleted.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.atomic import delete_paths, glob_escape, join
+
+RUNS_DIR = "_runs"
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across hosts."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def run_dir(output: str, run_id: str) -> str:
+    return join(output, RUNS_DIR, run_id)
+
+
+def run_tmp(output: str, run_id: str) -> str:
+    """Temporary names of this run's atomic writes."""
+    return join(run_dir(output, run_id), "tmp")
+
+
+def files_under(path: str) -> list[str]:
+    """Every file below `path` (a folder, or an object-store prefix)."""
+    pattern = glob_escape(path.rstrip("/")) + "/**"
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def delete_tree(path: str) -> None:
+    """Delete a folder (or every object under a prefix); nothing to do when absent."""
+    files = files_under(path)
+    if files:
+        delete_paths(files)
+    if "://" not in path and os.path.isdir(path):
+        shutil.rmtree(path)  # the empty folders local disks keep
