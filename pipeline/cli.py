@@ -104,8 +104,8 @@ def _dry_run(options, config, build) -> None:
 
 def _build(args: argparse.Namespace, rest: list[str]) -> int:
     from pipeline.build import build_shards
+    from pipeline.summary import print_build_summary, report_failures, report_missing
     from transforms.finalize import STATS
-
     from transforms.missing import MISSING_TEXTS, read_missing_summary
 
     translate = args.command == "run"
@@ -115,33 +115,18 @@ def _build(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     missing = read_missing_summary(config.output)
     if missing is not None:
-        texts = Path(config.output, MISSING_TEXTS)
-        per_language = ", ".join(f"{lang} {n}" for lang, n in missing["per_language"].items())
-        per_reason = missing.get("per_reason", {})
-        failed = {k: v for k, v in per_reason.items() if k.startswith("failed_")}
-        if failed:  # the translator was asked and failed: say why, not "run the command you just ran"
-            print(f"stopped before writing shards: the translator failed on {sum(failed.values())} of the "
-                  f"translations the plan needs ({per_language}):", file=sys.stderr)
-            for line in _failure_lines(failed, missing.get("examples", {})):
-                print(line, file=sys.stderr)
-            print(f"Failed requests are not stored: once the cause is fixed, `florenz-data {args.command} CONFIG` "
-                  f"sends only these again (the texts are in {texts}); or build without them: "
-                  "--allow-missing-translations.", file=sys.stderr)
-        if per_reason.get("not_in_store", 0) or not failed:
-            print(f"stopped before writing shards: {per_reason.get('not_in_store', missing['total'])} translations "
-                  f"the plan needs are not in the store ({per_language}); the texts are in {texts}.\n"
-                  "Translate only these with `florenz-data run CONFIG` (a translator section or --endpoint/--model), "
-                  "or build without them: --allow-missing-translations.", file=sys.stderr)
+        report_missing(missing, Path(config.output, MISSING_TEXTS), args.command)
         return 2
     stats = json.loads(Path(config.output, STATS).read_text(encoding="utf-8"))
-    _print_summary(stats)
-    if _report_failures(stats.get("translation", {}), args.command, "annotations needing them were left out"):
+    print_build_summary(stats)
+    if report_failures(stats.get("translation", {}), args.command, "annotations needing them were left out"):
         return 1
     return 0 if stats["images"]["balanced"] and stats["captions"]["balanced"] else 1
 
 
 def _translate(args: argparse.Namespace, rest: list[str]) -> int:
     from pipeline.build import translate_store
+    from pipeline.summary import report_failures
     from transforms.finalize import TRANSLATION_STATS
 
     config = _pipeline(args, rest, translate_store)
@@ -149,66 +134,7 @@ def _translate(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     summary = json.loads(Path(config.output, TRANSLATION_STATS).read_text(encoding="utf-8"))
     print(json.dumps(summary, indent=2))
-    return 1 if _report_failures(summary, args.command) else 0
-
-
-# What to look at first, per failure reason (the translator's failed_<reason> counters).
-_FAILURE_HINTS = {
-    "failed_http_401": "the server wants an API key, or another one: set translator.api_key_env to the name of "
-                       "the environment variable holding it",
-    "failed_http_403": "the server refused the API key: check the variable translator.api_key_env names",
-    "failed_http_404": "no such model or path on the server: check translator.model and the endpoint (…/v1)",
-    "failed_http_400": "the server refused the request: check translator.model and max_tokens_cap against "
-                       "the server's limits (the example says which)",
-    "failed_http_429": "the server is overloaded or rate-limited: lower translator.concurrency",
-    "failed_timeout": "no answer within translator.request_timeout_s: raise it, or lower translator.concurrency",
-    "failed_connection_error": "the server could not be reached: is it running at the endpoint?",
-    "failed_bad_response": "the endpoint does not answer like an OpenAI-compatible server (vLLM): check the URL",
-}
-
-
-def _failure_lines(failed: dict, examples: dict) -> list[str]:
-    """Per failure reason: its count, one example of its cause, and a hint where one is known."""
-    lines = []
-    for reason, n in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0])):
-        lines.append(f"  {reason}: {n}" + (f", e.g. {examples[reason]}" if examples.get(reason) else ""))
-        hint = _FAILURE_HINTS.get(reason) or (
-            "the server failed: see its log" if reason.startswith("failed_http_5") else None)
-        if hint:
-            lines.append(f"    ({hint})")
-    return lines
-
-
-def _report_failures(summary: dict, command: str, consequence: str = "") -> bool:
-    """Print the translation requests that failed, with their causes, to stderr; whether there were any."""
-    from transforms.translate import FAILURE_EXAMPLES
-
-    failed = {k: v for k, v in summary.items() if k.startswith("failed_") and isinstance(v, int) and v}
-    if not failed:
-        return False
-    total = sum(failed.values())
-    print(f"the translator failed on {total} of the {summary.get('translated', total)} texts it was sent:",
-          file=sys.stderr)
-    for line in _failure_lines(failed, summary.get(FAILURE_EXAMPLES, {})):
-        print(line, file=sys.stderr)
-    print(f"They are not stored{'; ' + consequence if consequence else ''}; once the cause is fixed, "
-          f"`florenz-data {command} CONFIG` sends only them again.", file=sys.stderr)
-    return True
-
-
-def _print_summary(stats: dict) -> None:
-    images, captions = stats["images"], stats["captions"]
-    print(f"images   read {images['read']:>8}  written {images['written']:>8}  rejected {images['rejected_total']:>8}")
-    print(f"captions read {captions['read']:>8}  written {captions['written']:>8}  rejected {captions['rejected_total']:>8}")
-    for split, s in stats["splits"].items():
-        cells = "  ".join(f"{k}={v}" for k, v in s["annotations"].items())
-        print(f"{split:<6} {s['images']} images in {s['shards']} shards: {cells}")
-        if s["missing_translation"]:
-            print(f"{'':<6} missing_translation: {s['missing_translation']}")
-    from transforms.translate import FAILURE_EXAMPLES
-
-    translation = stats.get("translation", {})  # failures and their causes: _report_failures, on stderr
-    print("translation:", json.dumps({k: v for k, v in translation.items() if k != FAILURE_EXAMPLES}))
+    return 1 if report_failures(summary, args.command) else 0
 
 
 def _verify(args: argparse.Namespace, _: list[str]) -> int:

@@ -79,6 +79,17 @@ def test_an_authenticated_server_is_reached_only_with_the_key_from_the_environme
     assert len(stored(tmp_path)) == 16
 
 
+def test_an_unset_key_variable_is_refused_before_any_request(tmp_path, corpus):
+    pairs, captions = corpus
+    with fault_server(tmp_path, pairs) as url:
+        config = config_for(tmp_path, captions, {"endpoints": [url], "api_key_env": KEY_ENV, **SMALL_RUN})
+        for command in ("translate", "eval-translator"):
+            extra = ["--reference", "multi30k:de", "--limit", "4"] if command == "eval-translator" else []
+            result = run_cli(command, config, *extra, env={KEY_ENV: ""})
+            expect(result, "clear_error", "secrets", mentions=["translator.api_key_env", KEY_ENV, "not set"])
+    assert not (tmp_path / "requests").exists() or (tmp_path / "requests").read_text() == ""
+
+
 def test_a_managed_server_is_started_with_the_key_and_the_launch_log_masks_it(tmp_path, corpus):
     pairs, captions = corpus
     key = f"sk-florenz-{token.token_hex(16)}"

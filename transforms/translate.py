@@ -17,9 +17,7 @@ import apache_beam as beam
 
 from schemas.arrow import STATUS_ACCEPTED
 from schemas.config import StoreConfig, TranslatorConfig
-from schemas.errors import ConfigError
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest, text_hash
-from schemas.secrets import api_key_from_env
 from transforms.missing import NOT_IN_STORE, MissingTranslation
 from transforms.translation_store import ReadStoreEntries, StoreEntry, write_store_part
 
@@ -129,14 +127,6 @@ def _accepted_hit(item: tuple[str, str, StoreEntry]) -> Iterator[tuple[str, tupl
         yield hash_, (lang, entry.translation)
 
 
-def _check_api_key(translator: TranslatorConfig) -> None:
-    """Before anything runs: the variable api_key_env names must be set where the pipeline is launched
-    (workers read it again themselves: the key is never part of the serialized pipeline)."""
-    if translator.api_key_env and api_key_from_env(translator.api_key_env) is None:
-        raise ConfigError("translator.api_key_env", f"names the environment variable {translator.api_key_env}, "
-                                                    "which is not set (or empty); set it to the server's API key")
-
-
 class TranslateTexts(beam.PTransform):
     """Normalized English texts -> {"translations": (text_hash, (lang, translation)) accepted, from
     the store or new; "summary": one dict of counts (requested, cache hits, translated, accepted,
@@ -165,7 +155,6 @@ class TranslateTexts(beam.PTransform):
         counts = [looked_up.hits | "HitCounts" >> beam.Map(lambda hit: hit[1])]
         translations = [hits | "HitTranslations" >> beam.FlatMap(_accepted_hit)]
         if self.translator is not None:
-            _check_api_key(self.translator)
             # Imported here: Beam's RunInference imports torch when it is installed (~500 MiB in
             # every worker), which a build that only reads the store does not need.
             from apache_beam.ml.inference.base import RunInference

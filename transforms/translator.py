@@ -28,6 +28,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from schemas.arrow import STATUS_ACCEPTED, STATUS_REJECTED
 from schemas.config import TranslatorConfig
+from schemas.errors import ConfigError
 from schemas.prompts import max_tokens_for, translation_messages
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest
 from schemas.secrets import api_key_from_env, redact
@@ -111,7 +112,12 @@ def _answer(response: Any) -> str:
 
 class VLLMTranslationHandler(ModelHandler[TranslationRequest, TranslationOutcome, Backend]):
     def __init__(self, config: TranslatorConfig):
+        """Built where the pipeline is launched: the variable `api_key_env` names must be set there (each
+        worker reads it again itself, so the key is never part of the serialized pipeline)."""
         super().__init__()
+        if config.api_key_env and api_key_from_env(config.api_key_env) is None:
+            raise ConfigError("translator.api_key_env", f"names the environment variable {config.api_key_env}, "
+                                                        "which is not set (or empty); set it to the server's API key")
         self.config = config
         self._sent = Metrics.counter(NAMESPACE, "sent")
         self._http_retries = Metrics.counter(NAMESPACE, "http_retries")
