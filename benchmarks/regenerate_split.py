@@ -6,8 +6,9 @@ captioned. Both read the same images and store and write a full set of shards.
     .venv/bin/python benchmarks/regenerate_split.py --images 100000 [--source parquet|coco] [--workdir DIR]
         [beam options...]
 
-Images: the 100 real COCO sample images cycled to N records (build_throughput.replicate), as a
-streaming Parquet source by default. The store is
+Images: the 100 real COCO sample images cycled to N records, each its own file with a record-naming
+JPEG comment so that every record is a distinct image (build_throughput.replicate), as a streaming
+Parquet source by default. The store is
 filled once for every caption text and language (a store fixture: this measures the build, not
 translation).
 """

@@ -14,12 +14,15 @@ from typing import Optional
 
 import apache_beam as beam
 
+from pipeline.dataflow_checks import check_dataflow_translation
 from schemas.config import RunConfig, TranslatorConfig
 from schemas.records import Rejection, SourceRecord
+from transforms.counting import sum_pairs
 from transforms.coverage import AssignCoverage
 from transforms.finalize import WriteRunMetadata, WriteTranslationStats
+from transforms.group_metrics import MeasuredCombinePerKey, MeasuredGroupByKey
 from transforms.missing import GateOnMissing
-from transforms.shard_writer import WriteShard
+from transforms.shard_writer import WRITE_REJECTED, WriteShard
 from transforms.sources import ReadSource
 from transforms.translate import TranslateTexts
 from transforms.validate import REJECTED, ValidateRecord
@@ -39,14 +42,6 @@ def _read_count(element: SourceRecord | Rejection) -> tuple[str, tuple[int, int]
     return element.source, (1, len(element.captions))
 
 
-def _sum_pairs(pairs) -> tuple[int, int]:
-    images = captions = 0
-    for i, c in pairs:
-        images += i
-        captions += c
-    return images, captions
-
-
 def read_inputs(p: beam.Pipeline, config: RunConfig) -> ValidatedInputs:
     """Every source, validated; what was read and what was rejected."""
     read = [p | ReadSource(spec) for spec in config.sources]
@@ -55,7 +50,7 @@ def read_inputs(p: beam.Pipeline, config: RunConfig) -> ValidatedInputs:
     read_counts = ((records, source_rejects)
                    | "ReadElements" >> beam.Flatten()
                    | "CountRead" >> beam.Map(_read_count)
-                   | "SumRead" >> beam.CombinePerKey(_sum_pairs))
+                   | "SumRead" >> MeasuredCombinePerKey(sum_pairs))
     validated = records | "Validate" >> beam.ParDo(ValidateRecord(config.validation)).with_outputs(
         REJECTED, main="valid")
     rejections = (source_rejects, validated[REJECTED]) | "AllRejections" >> beam.Flatten()
@@ -63,6 +58,8 @@ def read_inputs(p: beam.Pipeline, config: RunConfig) -> ValidatedInputs:
 
 
 def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[TranslatorConfig]) -> dict:
+    if translator is not None:
+        check_dataflow_translation(inputs.images.pipeline, translator)
     texts = inputs.images | "EnglishTexts" >> beam.FlatMap(lambda im: im.captions)
     return texts | "Translations" >> TranslateTexts(config.store, translator, config.plan.translation_languages)
 
@@ -76,16 +73,20 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     Unless `allow_missing`, a translation the plan needs that is neither stored nor translated now
     stops the build before it writes anything: every writing step takes the count of missing
     translations as a side input (so runs after it is known) and writes nothing when it is not 0;
-    the missing texts are listed in OUTPUT/missing_translations.jsonl instead. With `allow_missing`
+    the missing texts are listed in OUTPUT/missing_translations/ instead. With `allow_missing`
     the annotations are left out and counted (stats.json: missing_translation)."""
     inputs = read_inputs(p, config)
     translated = _translate(inputs, config, config.translator if translate else None)
-    gate = {} if allow_missing else {"missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output)}
+    gate = {} if allow_missing else {
+        "missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output, run_id)}
     planned = (inputs.images, translated["translations"]) | "Coverage" >> AssignCoverage(config.plan)
-    shards = (planned["members"]
-              | "GroupShards" >> beam.GroupByKey()
-              | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id), **gate))
-    rejections = (inputs.rejections, planned["duplicates"]) | "WithDuplicates" >> beam.Flatten()
+    written = (planned["members"]
+               | "GroupShards" >> MeasuredGroupByKey()
+               | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id), **gate).with_outputs(
+                   WRITE_REJECTED, main="shards"))
+    shards = written.shards
+    rejections = ((inputs.rejections, planned["duplicates"], written[WRITE_REJECTED])
+                  | "WithDuplicates" >> beam.Flatten())
     return ((shards, inputs.read_counts, rejections, translated["summary"])
             | "Finalize" >> WriteRunMetadata(config, run_id, gate))
 

@@ -3,11 +3,14 @@
     florenz-data build CONFIG [beam options]       shards from the sources + translation store
     florenz-data translate CONFIG [beam options]   fill the store only (vLLM translator)
     florenz-data run CONFIG [beam options]         translate the store's misses and build, in one pipeline
-    florenz-data verify OUTPUT                     re-read an output and check every invariant
+    florenz-data verify OUTPUT [fs options]        re-read an output and check every invariant
+    florenz-data report OUTPUT [--diff OTHER] [fs options]   coverage heatmap + tables, what an ablation changed
     florenz-data eval-translator CONFIG --reference multi30k:de   BLEU/chrF + rejection rates
 
 Beam options pass through: --direct_num_workers 2 --direct_running_mode multi_processing,
---runner DataflowRunner ..., --runner PrismRunner --prism_location BINARY.
+--runner DataflowRunner ..., --runner PrismRunner --prism_location BINARY. Every command takes Beam's
+filesystem options (fs options) for its s3:// or gs:// paths: --s3_endpoint_url URL --s3_access_key_id ID
+--s3_secret_access_key KEY --s3_region_name REGION, --project P ...
 """
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from schemas.errors import ConfigError, HideTaggedErrors, find_tagged_error
@@ -51,17 +53,17 @@ def _pipeline(args: argparse.Namespace, rest: list[str], build) -> Optional[RunC
     """Run `build(p, config, run_id)` on a new pipeline under the output's lease (None for a dry
     run, which runs nothing)."""
     import apache_beam as beam
-    from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipeline.object_stores import check_s3, config_paths
     from pipeline.output_run import output_run
 
     config = _load(args)
     options = PipelineOptions(_beam_args(rest))
-    FileSystems.set_options(options)  # before the first I/O: object stores take their settings from them
     if args.dry_run:
         _dry_run(options, config, lambda p, c: build(p, c, "dry-run"))
         return None
+    check_s3(config_paths(config), options)
     with output_run(config, args.command, writes_store=args.command in ("translate", "run")) as run_id:
         logging.info("%s: %s, %d source(s) -> %s (run %s)", args.command, args.config, len(config.sources),
                      config.output, run_id)
@@ -79,6 +81,8 @@ def _dry_run(options, config, build) -> None:
 
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 
+    from pipeline.job_graph import describe, submitted_proto
+
     cloud = options.view_as(GoogleCloudOptions)
     if options.view_as(StandardOptions).runner == "DataflowRunner":
         # With neither location valid Beam creates a default bucket, which needs GCP: refuse it here.
@@ -93,18 +97,20 @@ def _dry_run(options, config, build) -> None:
     except ValueError as error:
         raise ConfigError("beam options", str(error)) from error
     build(p, config)
-    proto = p.to_runner_api()
+    graph = describe(submitted_proto(p))  # Dataflow's own runner builds the job, in its dry-run mode
     worker = options.view_as(WorkerOptions)
     print(json.dumps({"dry_run": True, "runner": options.view_as(StandardOptions).runner or "DirectRunner",
-                      "runner_class": type(p.runner).__name__, "transforms": len(proto.components.transforms),
+                      "runner_class": type(p.runner).__name__,
                       "project": cloud.project, "region": cloud.region,
                       "sdk_container_image": worker.sdk_container_image, "machine_type": worker.machine_type,
-                      "dataflow_service_options": cloud.dataflow_service_options}, indent=2))
+                      "disk_size_gb": worker.disk_size_gb,
+                      "dataflow_service_options": cloud.dataflow_service_options, **graph}, indent=2))
 
 
 def _build(args: argparse.Namespace, rest: list[str]) -> int:
     from pipeline.build import build_shards
     from pipeline.summary import print_build_summary, report_failures, report_missing
+    from transforms.atomic import join
     from transforms.finalize import STATS
     from transforms.missing import MISSING_TEXTS, read_missing_summary
 
@@ -115,9 +121,9 @@ def _build(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     missing = read_missing_summary(config.output)
     if missing is not None:
-        report_missing(missing, Path(config.output, MISSING_TEXTS), args.command)
+        report_missing(missing, join(config.output, MISSING_TEXTS), args.command)
         return 2
-    stats = json.loads(Path(config.output, STATS).read_text(encoding="utf-8"))
+    stats = json.loads(_read_text(join(config.output, STATS)))
     print_build_summary(stats)
     if report_failures(stats.get("translation", {}), args.command, "annotations needing them were left out"):
         return 1
@@ -127,19 +133,24 @@ def _build(args: argparse.Namespace, rest: list[str]) -> int:
 def _translate(args: argparse.Namespace, rest: list[str]) -> int:
     from pipeline.build import translate_store
     from pipeline.summary import report_failures
+    from transforms.atomic import join
     from transforms.finalize import TRANSLATION_STATS
 
     config = _pipeline(args, rest, translate_store)
     if config is None:  # a dry run
         return 0
-    summary = json.loads(Path(config.output, TRANSLATION_STATS).read_text(encoding="utf-8"))
+    summary = json.loads(_read_text(join(config.output, TRANSLATION_STATS)))
     print(json.dumps(summary, indent=2))
     return 1 if report_failures(summary, args.command) else 0
 
 
-def _verify(args: argparse.Namespace, _: list[str]) -> int:
+def _verify(args: argparse.Namespace, rest: list[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.object_stores import check_s3
     from pipeline.verify import verify_output
 
+    check_s3([args.output], PipelineOptions(rest))
     problems = verify_output(args.output, decode_images=args.decode)
     for problem in problems:
         print(f"FAIL {problem}")
@@ -151,32 +162,51 @@ def _verify(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _eval_translator(args: argparse.Namespace, rest: list[str]) -> int:
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from pipeline.eval_translator import DEFAULT_MULTI30K, evaluate_translator, read_multi30k
+    from pipeline.object_stores import check_s3
 
     config = _load(args)
+    check_s3([args.out], PipelineOptions(rest))
     if config.translator is None:
         raise ConfigError("translator", "eval-translator needs a translator section")
     corpus, _, lang = args.reference.partition(":")
     if corpus != "multi30k" or not lang:
         raise ConfigError("--reference", "expected multi30k:<lang>, e.g. multi30k:de")
-    pairs = read_multi30k(Path(args.multi30k or DEFAULT_MULTI30K), lang, args.split, args.limit)
+    pairs = read_multi30k(args.multi30k or DEFAULT_MULTI30K, lang, args.split, args.limit)
     report = evaluate_translator(config.translator, pairs, lang, _beam_args(rest))
     report.update(reference=args.reference, split=args.split, model=config.translator.model)
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        with FileSystems.create(args.out, mime_type="application/json") as f:
+            f.write((text + "\n").encode("utf-8"))
     return 0
 
 
 def _report(args: argparse.Namespace, rest: list[str]) -> int:
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.object_stores import check_s3
     from pipeline.report import write_report
 
+    check_s3([args.output, args.diff, args.out], PipelineOptions(rest))
     written = write_report(args.output, args.out, args.diff)
-    print(Path(written["report"]).read_text(encoding="utf-8"))
+    print(_read_text(written["report"]))
     if "diff" in written:
-        print(Path(written["report"]).with_name("diff.md").read_text(encoding="utf-8"))
+        print(_read_text(FileSystems.join(FileSystems.split(written["report"])[0], "diff.md")))
     return 0
+
+
+def _read_text(path: str) -> str:
+    """A file the command wrote, read back through Beam's FileSystems (local disk or an object store)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read().decode("utf-8")
 
 
 def _translator_flags(command: argparse.ArgumentParser) -> None:
@@ -224,8 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--out", default=None, help="also write the report JSON here")
     evaluate.set_defaults(run=_eval_translator)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "verify" and rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command in ("verify", "report"):  # no pipeline: filesystem options only, and no typo passes
+        from pipeline.object_stores import unknown_args
+
+        unknown = unknown_args(rest)
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)} (beyond the command's own, only "
+                         "Beam's filesystem options are taken: --s3_endpoint_url, --project ...)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from schemas.secrets import install_log_redaction
 
@@ -235,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("apache_beam", "httpx", "httpx2", "openai"):  # keep our progress lines readable
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        from pipeline.object_stores import set_filesystem_options
+
+        set_filesystem_options(_beam_args(rest))  # before the first I/O, config loading included
         return args.run(args, rest)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -5,7 +5,6 @@ whose outputs get rejected is worse), and are left out of the "accepted" scores.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import tempfile
@@ -15,6 +14,7 @@ from typing import Optional
 
 import apache_beam as beam
 import sacrebleu
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -23,14 +23,16 @@ from schemas.config import TranslatorConfig
 from schemas.records import TranslationOutcome, TranslationRequest, normalize_text, text_hash
 from transforms.translator import VLLMTranslationHandler
 
-DEFAULT_MULTI30K = Path(os.environ.get("FLORENZ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "multi30k"
+DEFAULT_MULTI30K = str(Path(os.environ.get("FLORENZ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+                       / "multi30k")
 
 
-def read_multi30k(root: Path, lang: str, split: str, limit: Optional[int]) -> list[tuple[str, str]]:
-    """(English, reference) pairs, line-aligned from raw/{split}.{en,lang}.gz."""
+def read_multi30k(root: str, lang: str, split: str, limit: Optional[int]) -> list[tuple[str, str]]:
+    """(English, reference) pairs, line-aligned from raw/{split}.{en,lang}.gz (local or a bucket)."""
     def lines(code: str) -> list[str]:
-        with gzip.open(root / "raw" / f"{split}.{code}.gz", "rt", encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f]
+        path = FileSystems.join(root, "raw", f"{split}.{code}.gz")
+        with FileSystems.open(path, compression_type="gzip") as f:
+            return f.read().decode("utf-8").splitlines()
     pairs = list(zip(lines("en"), lines(lang)))
     return pairs[:limit] if limit else pairs
 

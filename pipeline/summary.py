@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from transforms.translate import FAILURE_EXAMPLES
 
@@ -64,7 +63,7 @@ def print_build_summary(stats: dict) -> None:
     print("translation:", json.dumps({k: v for k, v in translation.items() if k != FAILURE_EXAMPLES}))
 
 
-def report_missing(missing: dict, texts: Path, command: str) -> None:
+def report_missing(missing: dict, texts: str, command: str) -> None:
     """Why a build stopped before writing shards: translations it needs that the translator failed on
     (with their causes), or that are not in the store."""
     per_language = ", ".join(f"{lang} {n}" for lang, n in missing["per_language"].items())

@@ -4,6 +4,13 @@ Checks that leakage did not happen (no caption label in a held-out language in t
 eval image *content* in train, no image content in two samples, every sample in the split its plan
 assigns to its key and content), that the manifest, indexes and tars agree byte for byte, and that
 stats.json adds up (read = written + rejected) and matches the shards and rejects.
+
+It streams, so its memory does not hold the manifest as rows: per shard, the shard's manifest part
+is checked against its tar (one tar and one part in memory at a time); the rejects are counted line
+by line; the global checks (each key once, each image content once) keep two Arrow columns of every
+part (ManifestKeyChecks). At 12 M images that is ~0.5 GB, and sorting one of them to find repeats
+takes about as much again (measured at 1 M rows: 37 MB of columns, 54 MB more while sorting), where
+the manifest as Python dicts would take ~20 GB.
 """
 from __future__ import annotations
 
@@ -12,20 +19,25 @@ import io
 import json
 import tarfile
 from collections import Counter, defaultdict
-from typing import Iterator
+from typing import Iterable, Iterator
 
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
+from pipeline.output_files import iter_rejects, manifest_parts, read_manifest_part, refuse_old_layout
 from schemas.coverage import CoveragePlan
+from schemas.errors import InputError
 from schemas.records import SPLIT_TRAIN, SPLITS, TASK_CAPTION
 from schemas.sample import JSON_EXTENSION, decode_sample_json, task_language
 from transforms.atomic import glob_escape, join
-from transforms.finalize import CONFIG_COPY, MANIFEST, REJECTS, STATS, SUCCESS, index_name
+from transforms.finalize import CONFIG_COPY, STATS, SUCCESS, index_name
 from transforms.lease import LEASE
+from transforms.rejects import REJECTS_DIR
 from transforms.run_folder import RUNS_DIR, files_under
+from transforms.shard_writer import MANIFEST_DIR, shard_of_manifest_part
 
 
 def _read(path: str) -> bytes:
@@ -50,10 +62,13 @@ def iter_tar_samples(data: bytes) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 def verify_output(output: str, decode_images: bool = False) -> list[str]:
     """Every problem found, as a sentence; empty means the output is sound."""
-    problems: list[str] = []
-    for name in (SUCCESS, STATS, MANIFEST, CONFIG_COPY, REJECTS, *(index_name(s) for s in SPLITS)):
-        if not FileSystems.exists(join(output, name)):
-            problems.append(f"{name} is missing (incomplete or killed run?)")
+    try:
+        refuse_old_layout(output)
+    except InputError as error:
+        return [f"{error.path}: {error.detail}"]
+    problems = [f"{name} is missing (incomplete or killed run?)"
+                for name in (SUCCESS, STATS, CONFIG_COPY, *(index_name(s) for s in SPLITS))
+                if not FileSystems.exists(join(output, name))]
     if problems:
         return problems
     if files_under(join(output, RUNS_DIR)):
@@ -62,12 +77,11 @@ def verify_output(output: str, decode_images: bool = False) -> list[str]:
         problems.append(f"{LEASE} is held: a run is writing this output (or died holding it)")
     plan = CoveragePlan.from_dict(yaml.safe_load(_read(join(output, CONFIG_COPY)))["plan"])
     stats = json.loads(_read(join(output, STATS)))
-    manifest = pq.read_table(io.BytesIO(_read(join(output, MANIFEST)))).to_pylist()
-    problems += _check_manifest_keys(manifest, plan)
+    parts = manifest_parts(output)
+    keys = ManifestKeyChecks(plan)
+    checked: list[str] = []  # the parts `keys` was fed, to read again for what repeats
     seen_annotations: dict[str, Counter] = {s: Counter() for s in SPLITS}
-    rows_by_shard: dict[str, list[dict]] = defaultdict(list)
-    for row in manifest:
-        rows_by_shard[row["shard"]].append(row)
+    written: Counter = Counter()  # images and captions the manifest holds
     for split in SPLITS:
         index = json.loads(_read(join(output, index_name(split))))
         listed = {e["url"] for e in index["shardlist"]}
@@ -76,32 +90,93 @@ def verify_output(output: str, decode_images: bool = False) -> list[str]:
         for stray in sorted(on_disk - listed):
             problems.append(f"{stray} is not in {index_name(split)}")
         for entry in index["shardlist"]:
-            problems += _check_shard(output, split, entry, rows_by_shard[entry["url"]], plan,
-                                     seen_annotations[split], decode_images)
-    problems += _check_stats(stats, manifest, seen_annotations, output)
+            part = parts.pop(entry["url"], None)
+            rows: list[dict] = []
+            if part is None:
+                problems.append(f"{entry['url']} has no manifest part in {MANIFEST_DIR}/")
+            else:
+                table = read_manifest_part(part)
+                problems += keys.add(table)
+                checked.append(part)
+                rows = table.to_pylist()
+                written.update(images=len(rows), captions=sum(r["captions"] for r in rows))
+            problems += _check_shard(output, split, entry, rows, plan, seen_annotations[split], decode_images)
+    for shard, part in parts.items():
+        problems.append(f"{MANIFEST_DIR}/{part.rsplit('/', 1)[-1]} names {shard}, which no index lists")
+    for path in files_under(join(output, MANIFEST_DIR)):  # a stray file breaks reading the folder as a dataset
+        if shard_of_manifest_part(path) is None:
+            problems.append(f"{MANIFEST_DIR}/{path.rsplit('/', 1)[-1]} is not a manifest part")
+    problems += keys.problems(read_manifest_part(part, ManifestKeyChecks.COLUMNS) for part in checked)
+    problems += _check_stats(stats, written, seen_annotations, output)
     return problems
 
 
-def _check_manifest_keys(manifest: list[dict], plan: CoveragePlan) -> list[str]:
-    """Keys and image contents: each once, none in train that is in eval, each in its planned split."""
-    problems = []
-    keys = Counter(r["key"] for r in manifest)
-    problems += [f"key {k} appears {n} times in the manifest" for k, n in sorted(keys.items()) if n > 1]
-    holders: dict[str, list[dict]] = defaultdict(list)
-    for r in manifest:
-        holders[r["sha256"]].append(r)
-    for sha, rows in sorted(holders.items()):
-        if len(rows) > 1:
-            where = ", ".join(sorted(f"{r['key']} ({r['split']})" for r in rows))
-            problems.append(f"image content sha256 {sha[:16]}... is in {len(rows)} samples: {where}")
-    eval_keys = {r["key"] for r in manifest if r["split"] != SPLIT_TRAIN}
-    for r in manifest:
-        if r["split"] == SPLIT_TRAIN and r["key"] in eval_keys:
-            problems.append(f"evaluation key {r['key']} is in train")
-        planned = plan.split_of(r["key"], r["sha256"])
-        if planned != r["split"]:
-            problems.append(f"key {r['key']} is in {r['split']} but the plan assigns {planned}")
-    return problems
+class ManifestKeyChecks:
+    """Keys and image contents over the whole manifest, fed one part at a time: each sample in the
+    split its plan assigns (checked per part), each key and each content once, no evaluation key in
+    train. Per row it keeps the key and the first 16 hex digits of sha256, as Arrow arrays (~40
+    bytes); the rows whose values repeat are read in a second pass, which only a failing output needs
+    (there, distinct contents sharing a 64-bit prefix, ~1e-5 likely at 12 M, are told apart)."""
+
+    COLUMNS = ["key", "split", "sha256"]
+
+    def __init__(self, plan: CoveragePlan):
+        self.plan = plan
+        self.keys: list[pa.ChunkedArray] = []
+        self.contents: list[pa.ChunkedArray] = []
+
+    def add(self, part: pa.Table) -> list[str]:
+        """Keep the part's keys and contents; the samples it holds in a split the plan does not assign."""
+        self.keys.append(part["key"])
+        self.contents.append(_content_prefix(part["sha256"]))
+        problems = []
+        for key, split, sha in zip(*(part[c].to_pylist() for c in self.COLUMNS)):
+            planned = self.plan.split_of(key, sha)
+            if planned != split:
+                problems.append(f"key {key} is in {split} but the plan assigns {planned}")
+        return problems
+
+    def problems(self, parts: Iterable[pa.Table]) -> list[str]:
+        """Repeated keys and contents; `parts` are the same parts again (COLUMNS at least), read
+        only when something repeats."""
+        keys, contents = _repeated(self.keys), _repeated(self.contents)
+        if not len(keys) and not len(contents):
+            return []
+        by_key: dict[str, list[dict]] = defaultdict(list)
+        by_content: dict[str, list[dict]] = defaultdict(list)
+        for part in parts:
+            key_hit = pc.is_in(part["key"], value_set=keys)
+            content_hit = pc.is_in(_content_prefix(part["sha256"]), value_set=contents)
+            for row, is_key, is_content in zip(part.select(self.COLUMNS).to_pylist(), key_hit.to_pylist(),
+                                               content_hit.to_pylist()):
+                if is_key:
+                    by_key[row["key"]].append(row)
+                if is_content:
+                    by_content[row["sha256"]].append(row)
+        problems = []
+        for key, rows in sorted(by_key.items()):
+            problems.append(f"key {key} appears {len(rows)} times in the manifest")
+            if {r["split"] == SPLIT_TRAIN for r in rows} == {True, False}:
+                problems.append(f"evaluation key {key} is in train")
+        for sha, rows in sorted(by_content.items()):
+            if len(rows) > 1:
+                where = ", ".join(sorted(f"{r['key']} ({r['split']})" for r in rows))
+                problems.append(f"image content sha256 {sha[:16]}... is in {len(rows)} samples: {where}")
+        return problems
+
+
+def _content_prefix(sha256: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.utf8_slice_codeunits(sha256, 0, 16)
+
+
+def _repeated(chunks: list) -> pa.Array:
+    """The values found more than once in these arrays: sorted in Arrow, neighbours compared."""
+    values = pa.chunked_array(chunks, pa.string())
+    if len(values) < 2:
+        return pa.array([], pa.string())
+    ordered = pc.take(values, pc.array_sort_indices(values)).combine_chunks()
+    rest = ordered.slice(1)
+    return pc.unique(rest.filter(pc.equal(rest, ordered.slice(0, len(ordered) - 1))))
 
 
 def _check_shard(output: str, split: str, entry: dict, rows: list[dict], plan: CoveragePlan,
@@ -121,6 +196,8 @@ def _check_shard(output: str, split: str, entry: dict, rows: list[dict], plan: C
     if len(samples) != entry["nsamples"]:
         problems.append(f"{url}: {len(samples)} samples, index says {entry['nsamples']}")
     rows = sorted(rows, key=lambda r: r["position"])
+    if any(r["shard"] != url for r in rows):
+        problems.append(f"{url}: its manifest part holds rows of another shard")
     if [k for k, _ in samples] != [r["key"] for r in rows]:
         problems.append(f"{url}: sample keys differ from the manifest's rows for this shard")
     held_out = set(plan.held_out_caption_languages)
@@ -152,7 +229,7 @@ def _check_shard(output: str, split: str, entry: dict, rows: list[dict], plan: C
     return problems
 
 
-def _check_stats(stats: dict, manifest: list[dict], seen: dict[str, Counter], output: str) -> list[str]:
+def _check_stats(stats: dict, written: Counter, seen: dict[str, Counter], output: str) -> list[str]:
     problems = []
     for level in ("images", "captions"):
         s = stats[level]
@@ -162,16 +239,15 @@ def _check_stats(stats: dict, manifest: list[dict], seen: dict[str, Counter], ou
             p = per[level]
             if p["read"] != p["written"] + sum(p["rejected"].values()):
                 problems.append(f"stats: source {source}: {level} read != written + rejected")
-    if stats["images"]["written"] != len(manifest):
-        problems.append(f"stats: {stats['images']['written']} images written, manifest has {len(manifest)}")
-    if stats["captions"]["written"] != sum(r["captions"] for r in manifest):
+    if stats["images"]["written"] != written["images"]:
+        problems.append(f"stats: {stats['images']['written']} images written, manifest has {written['images']}")
+    if stats["captions"]["written"] != written["captions"]:
         problems.append("stats: captions written differ from the manifest")
     for split in SPLITS:
         claimed = stats["splits"].get(split, {}).get("annotations", {})
         if claimed != dict(seen[split]):
             problems.append(f"stats: {split} annotation counts differ from what the shards hold")
-    rejects = [json.loads(line) for line in _read(join(output, REJECTS)).decode("utf-8").splitlines() if line]
-    image_rejects = Counter(r["reason"] for r in rejects if r["level"] == "image")
+    image_rejects = Counter(r["reason"] for r in iter_rejects(output) if r["level"] == "image")
     if dict(image_rejects) != stats["images"]["rejected"]:
-        problems.append(f"stats: image rejections {stats['images']['rejected']} differ from {REJECTS}")
+        problems.append(f"stats: image rejections {stats['images']['rejected']} differ from {REJECTS_DIR}/")
     return problems

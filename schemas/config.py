@@ -112,6 +112,10 @@ class TranslatorConfig:
     # The NAME of the environment variable holding the API key (OpenAI convention), never the key:
     # the client sends it, a managed server is started with it. None: no key ("EMPTY").
     api_key_env: Optional[str] = None
+    # A Beam resource hint on the translate step alone when a `managed` server runs there, e.g.
+    # "type:nvidia-l4;count:1;machine_type:g2-standard-8;install-nvidia-driver": on Dataflow only that
+    # step runs on GPU workers (right fitting).
+    accelerator: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +160,7 @@ class RunConfig:
                 raise ConfigError(f"sources[{i}].name", f"{name!r} is used by another source")
         translator = _translator(raw["translator"], base_dir) if raw.get("translator") is not None else None
         store = _store(raw.get("store"), base_dir, translator)
-        plan = CoveragePlan.from_dict(raw.get("plan"), "plan")
+        plan = CoveragePlan.from_dict(raw.get("plan"), "plan", resolve=lambda path: _resolve(path, base_dir))
         validation = _validation(raw.get("validation", {}))
         _refuse_overlaps(output, sources, store)
         return cls(output=output, sources=sources, store=store, plan=plan, validation=validation,
@@ -304,11 +308,16 @@ def _translator(raw: Any, base_dir: str) -> TranslatorConfig:
     retry = raw.get("retry_rejected", False)
     if not isinstance(retry, bool):
         raise ConfigError(f"{field}.retry_rejected", "must be true or false")
+    accelerator = raw.get("accelerator")
+    if accelerator is not None and not (isinstance(accelerator, str) and "type:" in accelerator
+                                        and "count:" in accelerator):
+        raise ConfigError(f"{field}.accelerator", "must be a Dataflow accelerator hint like 'type:nvidia-l4;"
+                                                  "count:1;machine_type:g2-standard-8;install-nvidia-driver'")
     if "://" not in model and not os.path.isabs(model) and os.path.exists(os.path.join(base_dir, model)):
         model = os.path.normpath(os.path.join(base_dir, model))
     return TranslatorConfig(model=model, endpoints=tuple(e.rstrip("/") for e in endpoints), managed=managed,
                             request_timeout_s=float(timeout), retry_rejected=retry, api_key_env=api_key_env,
-                            **numbers)
+                            accelerator=accelerator, **numbers)
 
 
 def _managed(raw: Any, base_dir: str) -> ManagedServer:

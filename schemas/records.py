@@ -1,9 +1,10 @@
 """Record types that flow between the pipeline's transforms.
 
-Image bytes are *not* carried through shuffles: records hold an `ImageRef` (a file, or a byte
-range inside a tar) and the shard writer reads the bytes again. That keeps every GroupByKey small,
-so memory does not grow with image volume. Parquet sources with embedded bytes are the exception
-(there is no cheap random access into a Parquet column), and carry them inline.
+Image bytes are *not* carried through shuffles: records hold an `ImageRef` (a file, a byte range
+inside a tar, or a cell of a Parquet file: file, row group, row) and the shard writer reads the bytes
+again. That keeps every GroupByKey small, so memory does not grow with image volume. Members of a
+compressed tar are the exception (a compressed stream has no byte ranges to refer to) and carry
+their bytes inline.
 """
 from __future__ import annotations
 
@@ -27,12 +28,20 @@ IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImageRef:
-    """Where an image's bytes live: a whole file, a byte range of a file, or inline bytes."""
+    """Where an image's bytes live: a whole file, a byte range of a file, a Parquet cell (`uri` is the
+    Parquet file; `column` at `row` of `row_group`), or inline bytes."""
 
     uri: str
     offset: int = 0
     length: int = -1  # -1: to the end of the file
     inline: Optional[bytes] = None
+    column: Optional[str] = None  # set for a Parquet cell
+    row_group: int = -1
+    row: int = -1  # within the row group
+
+    @property
+    def is_parquet_cell(self) -> bool:
+        return self.column is not None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,6 +53,10 @@ class SourceRecord:
     key: str
     image: Optional[ImageRef]
     captions: tuple[Union[str, bytes], ...]
+    # The image's bytes when the source already read them (a tar member, a Parquet cell): validation,
+    # fused right after the source, checks these instead of reading the image a second time. They
+    # end there: a ValidImage holds only the reference.
+    data: Optional[bytes] = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ stamp=".venv/.florenz-setup-$(sha256sum setup.py | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
   echo "[setup] installing the project and its pipeline + dev dependencies"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[pipeline,train,gcp,dev]"
+  .venv/bin/python -m pip install --quiet -e ".[pipeline,train,gcp,aws,dev]"
   rm -f .venv/.florenz-setup-*
   touch "$stamp"
 fi

@@ -70,7 +70,7 @@ def fill_store(store: Path, texts: Iterable[str], languages: Iterable[str],
     write_store_part(str(store), rows)
 
 
-def run_build(config_path: Path, allow_missing: bool = False) -> dict:
+def run_build(config_path: Path, allow_missing: bool = False, *beam_args: str) -> dict:
     """Run the build graph on Beam's DirectRunner through TestPipeline, under the output's lease as
     the CLI runs it; returns stats.json."""
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -82,9 +82,26 @@ def run_build(config_path: Path, allow_missing: bool = False) -> dict:
 
     config = load_config(str(config_path))
     with output_run(config, "build", writes_store=False) as run_id:
-        with TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        with TestPipeline(options=PipelineOptions(["--runner=DirectRunner", *beam_args])) as p:
             build_shards(p, config, run_id, allow_missing=allow_missing)
     return json.loads(Path(config.output, "stats.json").read_text())
+
+
+def assert_sorted_parts(folder: Path, records_per_part: int, sort_fields: tuple[str, ...], min_parts: int) -> None:
+    """Records spread over ceil(records / records_per_part) parts by the hash of their sort key, each
+    part sorted by it."""
+    from pipeline.output_files import jsonl_parts
+    from transforms.sorted_parts import bucket_of, part_name, parts_for
+
+    parts = jsonl_parts(str(folder))
+    assert len(parts) >= min_parts
+    records = sum(len(Path(part).read_text(encoding="utf-8").splitlines()) for part in parts)
+    buckets = parts_for(records, records_per_part)
+    for part in parts:
+        records = [json.loads(line) for line in Path(part).read_text(encoding="utf-8").splitlines()]
+        keys = [tuple(r[f] for f in sort_fields) for r in records]
+        assert keys == sorted(keys), part
+        assert {part_name(bucket_of(k, buckets)) for k in keys} == {Path(part).name}
 
 
 def copy_images(names: Iterable[str], dest: Path) -> None:

@@ -2,7 +2,7 @@
 its own process on a small real input, ending in one outcome class:
 
 - clear_error:       non-zero exit, a one-line message naming the field or file at fault;
-- counted_rejection: exit 0, the bad record in rejects.jsonl with its reason, in = written + rejected;
+- counted_rejection: exit 0, the bad record in rejects/ with its reason, in = written + rejected;
 - refused:           the command refuses to start (an output that overlaps an input, a held lease);
 - handled:           the input is valid after all and is processed correctly (a path with '[').
 
@@ -83,8 +83,9 @@ def read_stats(output: Path) -> dict:
 
 
 def rejects(output: Path) -> list[dict]:
-    return [json.loads(line) for line in (output / "rejects.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip() and not line.startswith("#")]
+    from pipeline.output_files import iter_rejects
+
+    return list(iter_rejects(str(output)))
 
 
 def assert_balanced(stats: dict) -> None:

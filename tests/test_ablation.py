@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import PAPER_PLAN, coco_captions, coco_source, fill_store, write_config
+from pipeline.output_files import iter_jsonl_parts
+from tests.helpers import PAPER_PLAN, assert_sorted_parts, coco_captions, coco_source, fill_store, write_config
 
 CLI = str(Path(sys.executable).with_name("florenz-data"))
 PAPER = {**PAPER_PLAN, "eval_fraction": 0.2, "shard_size": 16}
@@ -88,16 +89,31 @@ def test_a_plan_needing_missing_translations_stops_before_writing_and_lists_them
     plan = {**PAPER, "languages": [*PAPER["languages"], "it"], "translation_languages": [
         *PAPER["translation_languages"], "it"]}
     config = config_for(tmp_path / "it", store, plan)
-    done = build(config)
+    done = build(config, "--records_per_part=3")
     assert done.returncode == 2 and "not in the store (it " in done.stderr
     out = tmp_path / "it" / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["missing_translations.json", "missing_translations.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["missing_translations", "missing_translations.json"]
     summary = json.loads((out / "missing_translations.json").read_text())
-    texts = [json.loads(line) for line in (out / "missing_translations.jsonl").read_text().splitlines()]
+    texts = list(iter_jsonl_parts(str(out / "missing_translations")))
     assert summary["per_language"] == {"it": summary["total"]} == {"it": len(texts)}
+    assert summary["per_reason"] == {"not_in_store": len(texts)} and summary["texts"] == "missing_translations"
+    assert_sorted_parts(out / "missing_translations", 3, ("lang", "text"), min_parts=100)
     assert len({t["text"] for t in texts}) == len(texts) > 400 and {t["lang"] for t in texts} == {"it"}
     allowed = build(config, "--allow-missing-translations")  # the other way out: leave them out, counted
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     stats = json.loads((out / "stats.json").read_text())
     assert stats["splits"]["train"]["missing_translation"]["translation-it"] > 0
     assert not (out / "missing_translations.json").exists()
+
+
+def test_images_moved_counts_each_key_by_its_split_on_each_side():
+    import pyarrow as pa
+
+    from pipeline.report import _images_moved
+
+    before = pa.table({"key": ["a", "b", "c", "d"], "split": ["train", "eval", "train", "train"]})
+    after = pa.table({"key": ["f", "c", "b", "a", "e"], "split": ["eval", "eval", "eval", "eval", "train"]})
+    assert _images_moved(before, after) == {"images_moved": {"train->eval": 2}, "images_only_before": 1,
+                                            "images_only_after": 2}
+    assert _images_moved(before.slice(0, 0), after) == {"images_moved": {}, "images_only_before": 0,
+                                                        "images_only_after": 5}

@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.output_files import iter_rejects
 from pipeline.verify import iter_tar_samples, verify_output
-from tests.helpers import COCO_SAMPLE, copy_images, require_coco_sample, run_build, write_config
+from tests.helpers import COCO_SAMPLE, assert_sorted_parts, copy_images, require_coco_sample, run_build, write_config
 
 GOOD = ["000000000139.jpg", "000000000802.jpg", "000000011813.jpg"]
 CAPTION = "A man rides a bicycle down a busy city street."
@@ -66,9 +67,9 @@ def test_each_bad_input_is_rejected_with_its_reason_and_counted(tmp_path):
         {"name": "pq", "type": "parquet", "files": str(tmp_path / "rows.parquet"), "id_column": "id",
          "caption_column": "text", "image_column": "jpg"},
     ]
-    stats = run_build(write_config(tmp_path, sources), allow_missing=True)  # an empty store
+    stats = run_build(write_config(tmp_path, sources), True, "--records_per_part=2")  # an empty store
     out = tmp_path / "out"
-    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    rejects = list(iter_rejects(str(out)))
     by_key = {(r["source"], r["key"]): r["reason"] for r in rejects}
     assert by_key == {
         ("coco", "annotation-8"): "unknown_image_id",
@@ -104,6 +105,7 @@ def test_each_bad_input_is_rejected_with_its_reason_and_counted(tmp_path):
     assert woman == ["A woman holds an umbrella in the rain."]
     assert Counter(s["source"] for s in samples.values()) == {"coco": 2, "wds": 1, "pq": 1}
     assert verify_output(str(out)) == []
+    assert_sorted_parts(out / "rejects", 2, ("source", "key", "level", "reason"), min_parts=5)
 
 
 def by_key_suffix(rejects: list[dict], prefix: str, reason: str) -> str:

@@ -12,8 +12,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.output_files import read_manifest
+from pipeline.report import write_report
 from pipeline.verify import iter_tar_samples, verify_output
+from schemas.errors import InputError
 from tests.helpers import PAPER_PLAN, coco_captions, coco_source, fill_store, run_build, write_config
+from tests.hostile import run_cli
+from transforms.finalize import clear_run_markers
 
 EVAL_IDS = [139, 802, 11813, 12280, 18575, 19221, 20247, 22192, 22892, 30213]
 ZH_MISSING = 3  # texts deliberately left untranslated into zh
@@ -89,8 +94,11 @@ def test_no_held_out_caption_label_in_train_and_eval_has_all_languages(built):
 
 
 def test_shards_hold_original_image_bytes_and_respect_shard_size(built):
-    manifest = pq.read_table(built / "manifest.parquet").to_pylist()
+    manifest = read_manifest(str(built)).to_pylist()
     assert len(manifest) == 100
+    import pyarrow.dataset as ds  # the folder of parts reads as one dataset
+    assert ds.dataset(built / "manifest", format="parquet").to_table().sort_by("key").to_pylist() == \
+        sorted(manifest, key=lambda r: r["key"])
     originals = {str(img["id"]): img["file_name"] for img in coco_captions()["images"]}
     from tests.helpers import COCO_SAMPLE
     for key, members, sample in list(shard_annotations(built, "train"))[:5]:
@@ -158,11 +166,12 @@ def test_verify_catches_a_held_out_caption_smuggled_into_train(copy_of):
 
 def test_verify_catches_an_eval_key_moved_to_train_and_stats_that_do_not_add_up(copy_of):
     import pyarrow as pa
-    table = pq.read_table(copy_of / "manifest.parquet")
+    part = copy_of / "manifest" / "eval-000000.parquet"
+    table = pq.read_table(part)
     rows = table.to_pylist()
-    moved = next(r for r in rows if r["split"] == "eval")
+    moved = rows[0]
     moved["split"] = "train"
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), copy_of / "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), part)
     stats = json.loads((copy_of / "stats.json").read_text())
     stats["images"]["read"] += 1
     (copy_of / "stats.json").write_text(json.dumps(stats))
@@ -174,3 +183,33 @@ def test_verify_catches_an_eval_key_moved_to_train_and_stats_that_do_not_add_up(
 def test_verify_reports_an_incomplete_run(copy_of):
     (copy_of / "_SUCCESS").unlink()
     assert verify_output(str(copy_of)) == ["_SUCCESS is missing (incomplete or killed run?)"]
+
+
+def test_verify_catches_stale_missing_and_repeated_manifest_parts(copy_of):
+    parts = copy_of / "manifest"
+    shutil.copy(parts / "train-000000.parquet", parts / "train-000099.parquet")  # a part no index lists
+    shutil.copy(parts / "train-000000.parquet", parts / "train-000001.parquet")  # its rows listed twice
+    (parts / "train-000002.parquet").unlink()
+    (parts / "notes.txt").write_text("not a part")
+    problems = verify_output(str(copy_of))
+    assert "manifest/notes.txt is not a manifest part" in problems
+    assert "manifest/train-000099.parquet names train/000099.tar, which no index lists" in problems
+    assert "train/000002.tar has no manifest part in manifest/" in problems
+    key = pq.read_table(parts / "train-000000.parquet")["key"][0].as_py()
+    assert f"key {key} appears 2 times in the manifest" in problems
+    assert any(p.startswith("image content sha256") and f"{key} (train), {key} (train)" in p for p in problems)
+
+
+def test_an_output_of_the_older_layout_is_refused_saying_to_rebuild_and_a_build_replaces_it(copy_of):
+    (copy_of / "rejects.jsonl").write_text("{}\n")
+    (problem,) = verify_output(str(copy_of))
+    assert problem.startswith(f"{copy_of / 'rejects.jsonl'}: written by an older florenz-data") and "rebuild" in problem
+    with pytest.raises(InputError, match="older florenz-data"):
+        write_report(str(copy_of))
+    result = run_cli("report", copy_of)
+    assert result.returncode == 2 and "input error:" in result.stderr and "rebuild" in result.stderr
+    assert "Traceback" not in result.output
+    assert list((copy_of / "rejects").glob("part-*.jsonl"))
+    clear_run_markers(str(copy_of))  # what the next build does first, under its lease
+    assert not (copy_of / "rejects.jsonl").exists() and not list((copy_of / "rejects").glob("part-*.jsonl"))
+    assert len(list((copy_of / "manifest").glob("*.parquet"))) == len(list(copy_of.glob("*/*.tar")))

@@ -1,5 +1,6 @@
-"""`florenz-data build` end to end: byte-identical outputs across runs and worker counts, and a run
-killed midway leaves no partial file and, re-run, the same result."""
+"""`florenz-data build` end to end: byte-identical outputs (shards, manifest parts, rejects parts, the
+missing-translations report) across runs and worker counts, and a run killed midway leaves no partial
+file and, re-run, the same result."""
 from __future__ import annotations
 
 import os
@@ -16,31 +17,43 @@ from pipeline.verify import verify_output
 from tests.helpers import PAPER_PLAN, coco_captions, coco_source, fill_store, write_config
 
 CLI = str(Path(sys.executable).with_name("florenz-data"))
-COMPARED = ("manifest.parquet", "train.index.json", "eval.index.json", "stats.json", "rejects.jsonl")
+COMPARED = ("train.index.json", "eval.index.json", "stats.json")
+FOLDERS = ("train", "eval", "manifest", "rejects")
+WORKERS = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
 
 
-def make_run(tmp: Path, name: str, shard_size: int = 8) -> Path:
-    """A config whose output is tmp/name/out, reading a shared store."""
+def make_run(tmp: Path, name: str, shard_size: int = 8, **plan) -> Path:
+    """A config whose output is tmp/name/out, reading a shared store. Captions under 50 characters
+    are rejected, so the rejects spread over many parts."""
     root = tmp / name
     root.mkdir()
     store = tmp / "store"
     if not store.exists():
         fill_store(store, [a["caption"] for a in coco_captions()["annotations"]],
                    PAPER_PLAN["translation_languages"])
-    config = write_config(root, [coco_source()], {**PAPER_PLAN, "eval_fraction": 0.1, "shard_size": shard_size})
+    config = write_config(root, [coco_source()], {**PAPER_PLAN, "eval_fraction": 0.1, "shard_size": shard_size,
+                                                  **plan}, validation={"min_caption_chars": 50})
     text = config.read_text().replace(str(root / "store"), str(store))
     config.write_text(text)
     return config
 
 
-def build(config: Path, *beam_args: str) -> None:
-    subprocess.run([CLI, "build", str(config), *beam_args], check=True, capture_output=True, timeout=300)
+def build(config: Path, *beam_args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A CLI build whose rejects and missing-translations reports spread over parts of 5 records."""
+    return subprocess.run([CLI, "build", str(config), "--records_per_part=5", *beam_args], check=check,
+                          capture_output=True, timeout=300)
+
+
+def tree_bytes(out: Path, folders: tuple[str, ...], names: tuple[str, ...]) -> dict[str, bytes]:
+    """Every file under the folders, and the named files, by relative path."""
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for folder in folders
+             for p in sorted((out / folder).rglob("*")) if p.is_file()}
+    files.update({name: (out / name).read_bytes() for name in names})
+    return files
 
 
 def output_bytes(out: Path) -> dict[str, bytes]:
-    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/*.tar"))}
-    files.update({name: (out / name).read_bytes() for name in COMPARED})
-    return files
+    return tree_bytes(out, FOLDERS, COMPARED)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +70,29 @@ def test_two_runs_are_byte_identical(reference):
     build(config)
     assert output_bytes(config.parent / "out") == expected
     assert len([k for k in expected if k.endswith(".tar")]) > 2
+    assert len([k for k in expected if k.startswith("manifest/")]) == len([k for k in expected if k.endswith(".tar")])
+    assert len([k for k in expected if k.startswith("rejects/")]) > 20
 
 
 def test_two_worker_processes_give_the_same_bytes(reference):
     tmp, expected = reference
     config = make_run(tmp, "workers")
-    build(config, "--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
+    build(config, *WORKERS)
     assert output_bytes(config.parent / "out") == expected
+
+
+def test_the_missing_translations_report_is_the_same_with_two_workers(tmp_path):
+    """A plan needing a language the store lacks: the build stops, listing the texts in parts."""
+    reports = []
+    for name, workers in (("one", ()), ("two", WORKERS)):
+        config = make_run(tmp_path, name, languages=[*PAPER_PLAN["languages"], "it"],
+                          translation_languages=[*PAPER_PLAN["translation_languages"], "it"])
+        assert build(config, *workers, check=False).returncode == 2
+        out = config.parent / "out"
+        assert sorted(p.name for p in out.iterdir()) == ["missing_translations", "missing_translations.json"]
+        reports.append(tree_bytes(out, ("missing_translations",), ("missing_translations.json",)))
+    assert reports[0] == reports[1]
+    assert len(reports[0]) > 20  # the texts spread over many parts
 
 
 def test_killed_run_leaves_no_partial_file_and_rerun_matches(tmp_path):

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.verify import _check_manifest_keys, verify_output
+from pipeline.output_files import read_manifest
+from pipeline.verify import ManifestKeyChecks, verify_output
 from schemas.coverage import CoveragePlan
 from tests.helpers import COCO_SAMPLE, PAPER_PLAN, coco_captions, coco_source, fill_store, require_coco_sample, \
     write_config
@@ -179,7 +180,7 @@ def test_the_same_image_under_two_ids_is_kept_once_and_never_in_both_splits(tmp_
     assert stats["images"]["rejected"] == {"duplicate_image": 25}
     duplicates = [r for r in rejects(out) if r["reason"] == "duplicate_image"]
     assert len(duplicates) == 25 and all("sha256" in r["detail"] for r in duplicates)
-    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    manifest = read_manifest(str(out)).to_pylist()
     assert len({r["sha256"] for r in manifest}) == len(manifest) == 40
     assert {r["split"] for r in manifest} == {"train", "eval"}
     assert verify_output(str(out)) == []
@@ -191,9 +192,18 @@ def test_verify_finds_one_image_content_in_train_and_eval():
     split = plan.split_of("x_1", sha)
     other = "eval" if split == "train" else "train"
     rows = [{"key": "x_1", "split": split, "sha256": sha}, {"key": "y_1", "split": other, "sha256": sha}]
-    problems = _check_manifest_keys(rows, plan)
+    parts = [pa.Table.from_pylist(rows[:1]), pa.Table.from_pylist(rows[1:])]  # the manifest's parts
+    checks = ManifestKeyChecks(plan)
+    problems = checks.add(parts[0]) + checks.add(parts[1]) + checks.problems(parts)
     assert any("is in 2 samples" in p for p in problems)
     assert any("y_1 is in" in p and "plan assigns" in p for p in problems)
+    # One key in two parts, once in eval; a content sharing the first 16 hex digits is another content.
+    parts = [pa.Table.from_pylist([{"key": "x_1", "split": "train", "sha256": sha}]),
+             pa.Table.from_pylist([{"key": "x_1", "split": "eval", "sha256": "ab" * 8 + "cd" * 24}])]
+    checks = ManifestKeyChecks(plan)
+    for part in parts:
+        checks.add(part)
+    assert checks.problems(parts) == ["key x_1 appears 2 times in the manifest", "evaluation key x_1 is in train"]
 
 
 def test_an_output_path_with_glob_characters_is_rebuilt_and_verified(tmp_path, store):
@@ -238,3 +248,18 @@ def test_only_glob_fields_are_cut_at_their_wildcards():
         config("/x/a[1]/store/out", "/x/a[1]/store")
     with pytest.raises(ConfigError, match=r"overlaps sources\[0\].urls"):
         config("/d/out", "/s")  # the glob's fixed part is /d
+
+
+def test_a_shard_a_killed_run_wrote_before_its_manifest_part_is_removed(tmp_path, store):
+    """Killed between a shard's tar and its manifest part: the run's intent record still names it."""
+    require_coco_sample()
+    out = tmp_path / "out"
+    config = config_with(tmp_path, [coco_source()], store, output=out, shard_size=50)
+    expect(run_cli("build", config), "handled", "data loss")
+    (out / "train" / "000007.tar").write_bytes(b"half a run")
+    intents = out / "_runs" / "20260101T000000Z-deadbeef" / "intents"
+    intents.mkdir(parents=True)
+    (intents / "train-000007").write_text("train/000007.tar")
+    expect(run_cli("build", config), "handled", "data loss")
+    assert not (out / "train" / "000007.tar").exists() and not (out / "_runs").exists()
+    assert verify_output(str(out)) == []

@@ -27,6 +27,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline.output_files import read_manifest
 from pipeline.verify import iter_tar_samples
 from tests.helpers import COCO_SAMPLE, copy_images, fill_store, require_coco_sample, write_config
 from tests.hostile import assert_balanced, expect, read_stats, rejects, run_cli
@@ -343,7 +344,7 @@ def test_store_path_with_brackets_and_exif_rotation_are_handled(tmp_path, tmp_pa
     expect(result, "handled", "smaller")
     rotated = samples(out)["coco_2"]
     assert (rotated["width"], rotated["height"]) == (height, width)
-    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    manifest = read_manifest(str(out)).to_pylist()
     (row,) = [r for r in manifest if r["key"] == "coco_2"]
     assert (row["width"], row["height"]) == (height, width)
     expect(result, "handled", "smaller")

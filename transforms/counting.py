@@ -25,3 +25,13 @@ class SumCounts(beam.CombineFn):
 
     def extract_output(self, acc: Counter) -> dict[str, int]:
         return dict(sorted(acc.items()))
+
+
+def sum_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """Element-wise sum of (a, b) pairs: a CombinePerKey function (associative, so Beam may apply
+    it to partial sums)."""
+    first = second = 0
+    for a, b in pairs:
+        first += a
+        second += b
+    return first, second

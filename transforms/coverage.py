@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from collections import Counter
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import apache_beam as beam
 
@@ -19,7 +19,8 @@ from schemas.coverage import CoveragePlan
 from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION, ImageRef, ValidImage, text_hash
 from schemas.sample import Annotation, encode_sample_json, task_language
 from transforms.dedup import DUPLICATES, KeepOnePerContent, keep_first, key_rank
-from transforms.sharding import Bucket, BucketOffsets, bucket_of, shard_position
+from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
+from transforms.sharding import Bucket, BucketBits, BucketOffsets, bucket_of, shard_position
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,21 +88,40 @@ def shard_member(image: ValidImage, split: str, plan: CoveragePlan,
     return dataclasses.replace(member, body=zlib.compress(body, 1))
 
 
-def _uses(image: ValidImage, plan: CoveragePlan) -> Iterator[tuple[str, tuple[int, str]]]:
-    """(text_hash, (bucket, key)) per distinct caption: where the caption's translations must go."""
-    bucket = bucket_of(plan, image.key)
+def _uses(image: ValidImage, plan: CoveragePlan, bits: int) -> Iterator[tuple[str, int]]:
+    """(text_hash, bucket) per distinct caption: where the caption's translations must go."""
+    bucket = bucket_of(plan, image.key, bits)
     for h in sorted({text_hash(c) for c in image.captions}):
-        yield h, (bucket, image.key)
+        yield h, bucket
 
 
-def _fan_out(item: tuple[str, dict]) -> Iterator[tuple[int, tuple[str, str, tuple[tuple[str, str], ...]]]]:
-    """(text_hash, {uses, store}) -> (bucket, (image key, text_hash, ((lang, translation), ...))) per use."""
+class _BucketSet(beam.CombineFn):
+    """Bucket indexes -> the sorted distinct ones: where one text is used, however many images use
+    it (a text in every bucket costs 2^b small ints, and the combine runs before the shuffle)."""
+
+    def create_accumulator(self) -> set[int]:
+        return set()
+
+    def add_input(self, acc: set[int], bucket: int) -> set[int]:
+        acc.add(bucket)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[set[int]]) -> set[int]:
+        return set().union(*accs)
+
+    def extract_output(self, acc: set[int]) -> tuple[int, ...]:
+        return tuple(sorted(acc))
+
+
+def _fan_out(item: tuple[str, dict]) -> Iterator[tuple[int, tuple[str, tuple[tuple[str, str], ...]]]]:
+    """(text_hash, {buckets, store}) -> (bucket, (text_hash, ((lang, translation), ...))) per bucket
+    using the text."""
     text, grouped = item
     found = tuple(sorted(dict(grouped["store"]).items()))
-    if not found:
-        return  # nothing to carry: the bucket counts what is missing on its own
-    for bucket, key in set(grouped["uses"]):
-        yield bucket, (key, text, found)
+    if found:  # else nothing to carry: the bucket counts what is missing on its own
+        for buckets in grouped["buckets"]:
+            for bucket in buckets:
+                yield bucket, (text, found)
 
 
 class _PlanBucket(beam.DoFn):
@@ -116,9 +136,7 @@ class _PlanBucket(beam.DoFn):
         images: dict[str, list[ValidImage]] = {}
         for image in grouped["image"]:
             images.setdefault(image.key, []).append(image)
-        translations: dict[str, dict[str, dict[str, str]]] = {}
-        for key, text, found in grouped["translations"]:
-            translations.setdefault(key, {})[text] = dict(found)
+        translations = {text: dict(found) for text, found in grouped["translations"]}
         rank_in_split: dict[str, int] = {}
         for key in sorted(images, key=lambda k: (self.plan.order_of(k), k)):
             image, duplicates = keep_first(key, images[key])
@@ -127,7 +145,7 @@ class _PlanBucket(beam.DoFn):
             split = self.plan.split_of(key, image.sha256)
             i = rank_in_split[split] = rank_in_split.get(split, -1) + 1
             shard, position = shard_position(offsets[(split, bucket)] + i, self.plan.shard_size)
-            yield (split, shard), (position, shard_member(image, split, self.plan, translations.get(key, {})))
+            yield (split, shard), (position, shard_member(image, split, self.plan, translations))
 
 
 class AssignCoverage(beam.PTransform):
@@ -137,7 +155,8 @@ class AssignCoverage(beam.PTransform):
 
     Images are first kept once per content (a grouping by sha256); then one grouping brings each
     order bucket's images, their translations and their ranks together; the translations reach it
-    through a join on text hash (a text's translations meet every image that uses it)."""
+    through a join on text hash: the buckets that use a text (combined before the shuffle) meet its
+    store entries, and each such bucket gets the text's translations once."""
 
     def __init__(self, plan: CoveragePlan):
         super().__init__()
@@ -148,15 +167,18 @@ class AssignCoverage(beam.PTransform):
         plan = self.plan
         unique = all_images | "KeepOnePerContent" >> KeepOnePerContent(plan)
         images = unique["images"]
-        uses = images | "CaptionUses" >> beam.FlatMap(_uses, plan=plan)
-        translations = ({"uses": uses, "store": store}
-                        | "JoinStore" >> beam.CoGroupByKey()
+        bits = images | "BucketBits" >> BucketBits(plan)
+        buckets = (images
+                   | "CaptionUses" >> beam.FlatMap(_uses, plan=plan, bits=bits)
+                   | "TextBuckets" >> MeasuredCombinePerKey(_BucketSet()))
+        translations = ({"buckets": buckets, "store": store}
+                        | "JoinStore" >> MeasuredCoGroupByKey()
                         | "FanOut" >> beam.FlatMap(_fan_out))
         offsets = (images | "RankedKeys" >> beam.Map(lambda im: (im.key, key_rank(im)))
-                   | "Offsets" >> BucketOffsets(plan))
-        planned = ({"image": images | "ByBucket" >> beam.Map(lambda im: (bucket_of(plan, im.key), im)),
-                    "translations": translations}
-                   | "JoinBuckets" >> beam.CoGroupByKey()
+                   | "Offsets" >> BucketOffsets(plan, bits))
+        by_bucket = images | "ByBucket" >> beam.Map(lambda im, b: (bucket_of(plan, im.key, b), im), b=bits)
+        planned = ({"image": by_bucket, "translations": translations}
+                   | "JoinBuckets" >> MeasuredCoGroupByKey()
                    | "PlanBuckets" >> beam.ParDo(_PlanBucket(plan), offsets=offsets).with_outputs(
                        DUPLICATES, main="members"))
         duplicates = (unique["duplicates"], planned[DUPLICATES]) | "AllDuplicates" >> beam.Flatten()

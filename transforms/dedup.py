@@ -14,6 +14,7 @@ import apache_beam as beam
 
 from schemas.coverage import CoveragePlan
 from schemas.records import Rejection, ValidImage
+from transforms.group_metrics import MeasuredGroupByKey
 
 DUPLICATES = "duplicates"
 DUPLICATE_IMAGE = "duplicate_image"
@@ -37,7 +38,7 @@ class _KeepOne(beam.DoFn):
     """(sha256, images with those bytes) -> the one kept; a `duplicate_image` rejection per other.
 
     Streams the group, holding one image, so a placeholder image repeated under 100k keys (common in
-    web-scraped data) costs no memory. The kept one is the smallest by (key not in plan.eval_keys,
+    web-scraped data) costs no memory. The kept one is the smallest by (key not listed for evaluation,
     key, source_id, captions): a key the plan lists for evaluation wins, so the user's eval list is
     honoured whichever copy it names."""
 
@@ -45,7 +46,7 @@ class _KeepOne(beam.DoFn):
         self.plan = plan
 
     def _rank(self, image: ValidImage) -> tuple:
-        return image.key not in self.plan.eval_keys, image.key, image.source_id, image.captions
+        return not self.plan.is_eval_key(image.key), image.key, image.source_id, image.captions
 
     def process(self, item: tuple[str, Iterable[ValidImage]]) -> Iterator:
         sha, images = item
@@ -73,6 +74,6 @@ class KeepOnePerContent(beam.PTransform):
     def expand(self, images):
         kept = (images
                 | "ByContent" >> beam.Map(lambda im: (im.sha256, im))
-                | "GroupContent" >> beam.GroupByKey()
+                | "GroupContent" >> MeasuredGroupByKey()
                 | "KeepOne" >> beam.ParDo(_KeepOne(self.plan)).with_outputs(DUPLICATES, main="images"))
         return {"images": kept.images, "duplicates": kept[DUPLICATES]}

@@ -1,42 +1,48 @@
-"""The run's closing writes, after every shard exists: manifest.parquet, wids indexes, rejects,
-stats.json, the resolved config, and the _SUCCESS marker last.
+"""The run's closing writes, after every shard, its manifest part (manifest/) and the rejects'
+parts (rejects/) exist: wids indexes, stats.json, the resolved config, the removal of earlier runs'
+shards this run did not write again, and the _SUCCESS marker; then the run folders go.
 
-Shards of earlier runs that this run did not write again are removed, and only those: a file is
-removed only when an earlier run of this tool listed it as its own (in a wids index it wrote, or in
-the manifest parts / superseded list a killed run left in its run folder) and it has the shape of a
-shard. Nothing else in the output folder is ever deleted, whatever it is called.
+Shards of earlier runs are removed, and only those: a file is removed only when an earlier run of
+this tool listed it as its own (in a wids index it wrote, by a manifest part in manifest/ naming it,
+or in the superseded list a killed finalize left in its run folder) and it has the shape of a shard;
+its manifest part goes with it. Nothing else in the output folder is ever deleted, whatever it is
+called.
+
+Finalize runs as one DoFn call, and a runner may retry it after any point of a first attempt: every
+write is atomic and deterministic, the superseded list is recorded before anything it names is
+removed, and the run folders holding it are removed only after _SUCCESS, so a retry finds what the
+first attempt was about to remove and writes the same bytes.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-from collections import Counter
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.arrow import MANIFEST_SCHEMA
 from schemas.config import RunConfig
-from schemas.records import SPLITS, Rejection
+from schemas.records import SPLITS
 from transforms.accounting import compute_stats
-from transforms.atomic import atomic_create, delete_paths, join, write_bytes_atomic
+from transforms.atomic import delete_paths, join, write_bytes_atomic
 from transforms.lease import check_lease
 from transforms.missing import MISSING_SUMMARY, MISSING_TEXTS
-from transforms.run_folder import RUNS_DIR, delete_tree, files_under, run_dir, run_tmp
-from transforms.shard_writer import ShardResult, manifest_part_path, shard_of_manifest_part
+from transforms.rejects import REJECTS_DIR, WriteRejects
+from transforms.run_folder import RUNS_DIR, delete_tree, files_under, remove_run_dir, run_dir, run_tmp
+from transforms.shard_writer import (MANIFEST_DIR, ShardResult, manifest_part_of_shard, shard_of_intent,
+                                     shard_of_manifest_part)
+from transforms.sorted_parts import PART_NAME
 
-MANIFEST = "manifest.parquet"
 STATS = "stats.json"
-REJECTS = "rejects.jsonl"
 CONFIG_COPY = "config.yaml"
 SUCCESS = "_SUCCESS"
 SUPERSEDED = "superseded.json"  # in a run folder: earlier shards the run is about to remove
 _SHARD_PATH = re.compile(r"^(%s)/[0-9]{6}\.tar$" % "|".join(SPLITS))
+# What this tool wrote before the manifest, rejects and missing-translation texts became folders of parts.
+LEGACY_FILES = ("manifest.parquet", "rejects.jsonl", "missing_translations.jsonl")
 log = logging.getLogger(__name__)
 
 
@@ -68,31 +74,8 @@ class WriteTranslationStats(beam.DoFn):
         check_lease(self.output, self.run_id)
         write_bytes_atomic(join(self.output, TRANSLATION_STATS), _json_bytes(summary),
                            run_tmp(self.output, self.run_id))
-        delete_tree(run_dir(self.output, self.run_id))
+        remove_run_dir(self.output, self.run_id)
         yield summary
-
-
-class _WriteRejects(beam.DoFn):
-    """All rejections -> rejects.jsonl (sorted), emitting (source, level, reason, images, captions)."""
-
-    def __init__(self, output: str, run_id: str):
-        self.output, self.run_id = output, run_id
-
-    def process(self, item: tuple[None, Iterable[Rejection | None]], missing: int = 0) -> Iterator[tuple]:
-        if missing:
-            return
-        _, rejects = item
-        ordered = sorted((r for r in rejects if r is not None), key=lambda r: (r.source, r.key, r.level, r.reason))
-        summary: Counter = Counter()
-        with atomic_create(join(self.output, REJECTS), run_tmp(self.output, self.run_id)) as f:
-            for r in ordered:
-                f.write((json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
-                summary[(r.source, r.level, r.reason)] += 1
-                summary[(r.source, r.level, r.reason, "captions")] += r.captions
-        for (source, level, reason, *rest), n in sorted(summary.items()):
-            if not rest:
-                yield (source, level, reason, n if level == "image" else 0,
-                       summary[(source, level, reason, "captions")])
 
 
 def _read_json(path: str) -> object:
@@ -101,23 +84,37 @@ def _read_json(path: str) -> object:
 
 
 def earlier_shards(output: str) -> set[str]:
-    """Shards (relative paths) that earlier runs of this tool wrote into `output`: those its wids
-    indexes list, and those killed runs recorded in their run folders. Only shard-shaped paths count,
-    so a tampered index cannot point a deletion anywhere else."""
-    listed: set[str] = set()
+    """Shards (relative paths) that runs of this tool wrote into `output`: those its wids indexes
+    list, those its manifest parts name (a killed run's too), those a killed run's intent records
+    name (a shard written just before the kill, before its manifest part), and those a killed
+    finalize recorded in its run folder. Only shard-shaped paths count, so a tampered index cannot point a deletion
+    anywhere else."""
+    listed: set = set()
     for split in SPLITS:
         path = join(output, index_name(split))
         if FileSystems.exists(path):
             listed.update(entry["url"] for entry in _read_json(path)["shardlist"])
+    listed.update(shard_of_manifest_part(path) for path in files_under(join(output, MANIFEST_DIR)))
     for path in files_under(join(output, RUNS_DIR)):
         if path.endswith(f"/{SUPERSEDED}"):
             listed.update(_read_json(path))
-        elif "/manifest_parts/" in path and path.endswith(".parquet"):
-            listed.add(shard_of_manifest_part(path))
+        else:
+            listed.add(shard_of_intent(path))
     return {p for p in listed if isinstance(p, str) and _SHARD_PATH.match(p)}
 
 
+def _remove_shards(output: str, shards: list[str]) -> None:
+    """Delete these shards and their manifest parts, those still there (a retry finds some gone);
+    present files are listed, not probed one by one: thousands of shards on an object store."""
+    wanted = {p for rel in shards for p in (join(output, rel), manifest_part_of_shard(output, rel))}
+    folders = sorted({rel.split("/")[0] for rel in shards}) + [MANIFEST_DIR]
+    present = {p for folder in folders for p in files_under(join(output, folder))}
+    delete_paths(sorted(wanted & present))
+
+
 class _Finalize(beam.DoFn):
+    """One call, after everything else is written: the output's closing files (module docstring)."""
+
     def __init__(self, config: RunConfig, run_id: str):
         self.config, self.run_id = config, run_id
 
@@ -128,10 +125,10 @@ class _Finalize(beam.DoFn):
         out, tmp = self.config.output, run_tmp(self.config.output, self.run_id)
         check_lease(out, self.run_id)
         shards = sorted(shards, key=lambda s: (s.split, s.index))
-        # Recorded before the indexes are replaced, so a finalize killed midway still knows them.
+        # Recorded before the indexes are replaced and anything is removed, so a finalize killed or
+        # retried midway still knows them: its run folder goes only after _SUCCESS.
         superseded = sorted(earlier_shards(out) - {s.path for s in shards})
         write_bytes_atomic(join(run_dir(out, self.run_id), SUPERSEDED), _json_bytes(superseded), tmp)
-        self._write_manifest(shards)
         for split in SPLITS:
             mine = [s for s in shards if s.split == split]
             write_bytes_atomic(join(out, index_name(split)), _json_bytes(wids_index(mine, split)), tmp)
@@ -143,28 +140,21 @@ class _Finalize(beam.DoFn):
         check_lease(out, self.run_id)
         if superseded:
             log.info("removing %d shards of an earlier run that this run did not write", len(superseded))
-            delete_paths([p for p in (join(out, rel) for rel in superseded) if FileSystems.exists(p)])
+            _remove_shards(out, superseded)
+        write_bytes_atomic(join(out, SUCCESS), _json_bytes({"run_id": self.run_id}), out)  # the output's last
         delete_tree(join(out, RUNS_DIR))  # this run's folder and any killed run's, whose shards are handled
-        write_bytes_atomic(join(out, SUCCESS), _json_bytes({"run_id": self.run_id}), out)  # last
         yield stats
-
-    def _write_manifest(self, shards: list[ShardResult]) -> None:
-        """Stream the per-shard manifest parts into one file: memory holds one shard's rows."""
-        out = self.config.output
-        parts = [manifest_part_path(out, self.run_id, s.split, s.index) for s in shards]
-        with atomic_create(join(out, MANIFEST), run_tmp(out, self.run_id)) as f:
-            with pq.ParquetWriter(pa.PythonFile(f, mode="w"), MANIFEST_SCHEMA) as writer:
-                for part in parts:
-                    with FileSystems.open(part, compression_type="uncompressed") as p:
-                        writer.write_table(pq.read_table(p, schema=MANIFEST_SCHEMA))
 
 
 def clear_run_markers(output: str) -> None:
     """Before a run, under its lease: the output is not complete until this run's _SUCCESS, and an
-    earlier run's missing-translations report no longer applies."""
-    for name in (SUCCESS, MISSING_TEXTS, MISSING_SUMMARY):
-        if FileSystems.exists(join(output, name)):
-            delete_paths([join(output, name)])
+    earlier run's rejects and missing-translations report no longer apply (this run writes only the
+    parts it has records for, so an earlier part left in place would mix in). Only part-shaped files
+    are deleted from those folders; the single files of the older layout go too."""
+    files = [join(output, name) for name in (SUCCESS, MISSING_SUMMARY, *LEGACY_FILES)]
+    parts = [p for folder in (REJECTS_DIR, MISSING_TEXTS) for p in files_under(join(output, folder))
+             if PART_NAME.match(p.rsplit("/", 1)[-1])]
+    delete_paths([p for p in files if FileSystems.exists(p)] + parts)
 
 
 class WriteRunMetadata(beam.PTransform):
@@ -179,12 +169,7 @@ class WriteRunMetadata(beam.PTransform):
 
     def expand(self, inputs: tuple):
         shards, read_counts, rejections, translation = inputs
-        # The None element makes the group exist, so rejects.jsonl is written even when empty.
-        reject_summary = ((rejections, shards.pipeline | "Always" >> beam.Create([None]))
-                          | "All" >> beam.Flatten()
-                          | "OneGroup" >> beam.Map(lambda r: (None, r))
-                          | "Collect" >> beam.GroupByKey()
-                          | "WriteRejects" >> beam.ParDo(_WriteRejects(self.config.output, self.run_id), **self.gate))
+        reject_summary = rejections | "Rejects" >> WriteRejects(self.config.output, self.run_id, self.gate)
         return (shards.pipeline
                 | "Trigger" >> beam.Create([None])
                 | "Finalize" >> beam.ParDo(_Finalize(self.config, self.run_id),

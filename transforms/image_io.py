@@ -1,27 +1,213 @@
-"""Reading image bytes behind an ImageRef through Beam's FileSystems (local paths, gs://, ...)."""
-import os
-import stat
+"""Reading the image bytes behind ImageRefs: one image (validation of a COCO or Parquet path), or a
+whole shard's at once (the shard writer), each source file's needed bytes fetched once.
 
-from apache_beam.io.filesystems import FileSystems
+For a shard, refs are grouped by source file. Byte ranges of one file (tar members) are sorted and
+neighbours at most MERGE_GAP bytes apart (what lies between two images of a tar: headers and small
+caption members) are merged into one request of at most MAX_REQUEST bytes; Parquet cells are read per
+file, per needed row group, image column only, streaming up to the last needed row; whole files
+are one read each. Requests run on a bounded thread pool with at most 2 x threads in flight, so
+memory holds at most that many requests' bytes.
+
+A ref whose bytes are gone (deleted file or object) fails with FileNotFoundError, one whose file
+changed so that the bytes cannot be where they were (shorter, no longer a regular file or Parquet,
+no such row) with ImageChanged; any other error is raised (a failed request the runner retries).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import pyarrow.parquet as pq
 
 from schemas.records import ImageRef
+from transforms.range_reader import NotARegularFile, RangeReader
+
+MERGE_GAP = 4096  # a tar's headers + a caption member between two images; more would fetch unused bytes
+MAX_REQUEST = 8 << 20  # one merged request's bytes at most
+PARQUET_BUFFER = 4 << 20  # pyarrow reads a column chunk in pieces of this size (each one ranged GET)
+PARQUET_BATCH = 64  # rows decoded at a time while looking for the needed ones
+SPOOL_MEMORY = 64 << 20  # a shard's fetched images stay in memory up to this, then go to local disk
 
 
-def read_image_bytes(ref: ImageRef) -> bytes:
-    """The image's bytes; raises OSError (FileNotFoundError for a missing file) when unreadable.
+class ImageChanged(OSError):
+    """The image's file changed so that the referenced bytes are no longer there."""
 
-    A local path must be a regular file: a FIFO or a device placed in an image folder would block
-    or never end (sources confine paths to their root, but what lies inside the root is data)."""
-    if ref.inline is not None:
-        return ref.inline
-    if "://" not in ref.uri:
-        mode = os.stat(ref.uri).st_mode  # FileNotFoundError for a missing file
-        if not stat.S_ISREG(mode):
-            raise OSError(f"{ref.uri}: not a regular file")
-    with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
-        if ref.offset:
-            f.seek(ref.offset)
-        data = f.read() if ref.length < 0 else f.read(ref.length)
-    if ref.length >= 0 and len(data) != ref.length:
-        raise OSError(f"{ref.uri}: expected {ref.length} bytes at offset {ref.offset}, got {len(data)}")
-    return data
+
+Fetched = Union[bytes, FileNotFoundError, ImageChanged]
+
+
+@dataclasses.dataclass
+class _Request:
+    """One read: [start, start + length) of a file (length -1: to its end), or the Parquet cells
+    `members` name; serves each member (index into the fetched refs, ref)."""
+
+    uri: str
+    start: int
+    length: int
+    members: list[tuple[int, ImageRef]]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+def plan_requests(refs: Sequence[ImageRef]) -> tuple[list[tuple[int, bytes]], list[_Request]]:
+    """(inline images, read requests) for `refs`: ranges of a file sorted and merged where adjacent,
+    one request per Parquet file, one per whole file."""
+    inline: list[tuple[int, bytes]] = []
+    ranges: dict[str, list[tuple[int, ImageRef]]] = defaultdict(list)
+    cells: dict[tuple[str, str], list[tuple[int, ImageRef]]] = defaultdict(list)
+    for index, ref in enumerate(refs):
+        if ref.inline is not None:
+            inline.append((index, ref.inline))
+        elif ref.is_parquet_cell:
+            cells[(ref.uri, ref.column)].append((index, ref))
+        else:
+            ranges[ref.uri].append((index, ref))
+    requests = [_Request(uri, -1, -1, members) for (uri, _), members in sorted(cells.items())]
+    for uri, members in sorted(ranges.items()):
+        current: Optional[_Request] = None
+        for index, ref in sorted(members, key=lambda m: (m[1].offset, m[1].length)):
+            if ref.length < 0:  # to the end of the file: a request of its own
+                requests.append(_Request(uri, ref.offset, -1, [(index, ref)]))
+                continue
+            end = ref.offset + ref.length
+            if current is not None and ref.offset - current.end <= MERGE_GAP \
+                    and max(end, current.end) - current.start <= MAX_REQUEST:
+                current.length = max(end, current.end) - current.start
+                current.members.append((index, ref))
+            else:
+                current = _Request(uri, ref.offset, ref.length, [(index, ref)])
+                requests.append(current)
+    return inline, requests
+
+
+class ImageFetcher:
+    """Fetches images for one DoFn instance: one RangeReader (so one client per object store) and a
+    pool of `threads` readers, started on the first fetch that has more than one request."""
+
+    def __init__(self, threads: int = 8):
+        self.reader = RangeReader()
+        self.threads = threads
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def read(self, ref: ImageRef) -> bytes:
+        """One image's bytes; raises FileNotFoundError, ImageChanged, or the read's own error."""
+        ((_, got),) = list(self.fetch([ref]))
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def fetch(self, refs: Sequence[ImageRef]) -> Iterator[tuple[int, Fetched]]:
+        """(index into refs, bytes or why they are gone) for every ref, in completion order."""
+        inline, requests = plan_requests(refs)
+        yield from inline
+        if len(requests) <= 1:
+            for request in requests:
+                yield from self._run(request)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="image-read")
+        pending: set[Future] = set()
+        for request in requests:
+            pending.add(self._pool.submit(self._run, request))
+            if len(pending) >= 2 * self.threads:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield from future.result()
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield from future.result()
+
+    def _run(self, request: _Request) -> list[tuple[int, Fetched]]:
+        try:
+            if request.members[0][1].is_parquet_cell:
+                return self._read_cells(request)
+            data = self.reader.read(request.uri, request.start, request.length)
+        except FileNotFoundError as e:
+            return [(index, e) for index, _ in request.members]
+        except NotARegularFile as e:
+            return [(index, ImageChanged(str(e))) for index, _ in request.members]
+        out: list[tuple[int, Fetched]] = []
+        for index, ref in request.members:
+            if ref.length < 0:
+                out.append((index, data))
+                continue
+            piece = data[ref.offset - request.start:ref.offset - request.start + ref.length]
+            out.append((index, piece if len(piece) == ref.length else ImageChanged(
+                f"{ref.uri}: {len(piece)} of {ref.length} bytes at offset {ref.offset} (the file is shorter now)")))
+        return out
+
+    def _read_cells(self, request: _Request) -> list[tuple[int, Fetched]]:
+        """The cells of one Parquet file: its image column, row group by row group, each read once and
+        only up to the last row needed."""
+        by_group: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for index, ref in request.members:
+            by_group[ref.row_group][ref.row].append(index)
+        column = request.members[0][1].column
+        out: list[tuple[int, Fetched]] = []
+        with self.reader.open(request.uri) as f:
+            try:
+                parquet = pq.ParquetFile(f, pre_buffer=False, buffer_size=PARQUET_BUFFER)
+            except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid is a ValueError
+                return [(index, ImageChanged(f"{request.uri}: no longer readable Parquet ({e})"))
+                        for index, _ in request.members]
+            for group, rows in sorted(by_group.items()):
+                out += self._cells_of_group(parquet, request.uri, column, group, rows)
+        return out
+
+    @staticmethod
+    def _cells_of_group(parquet: pq.ParquetFile, uri: str, column: str, group: int,
+                        rows: dict[int, list[int]]) -> list[tuple[int, Fetched]]:
+        out: list[tuple[int, Fetched]] = []
+        wanted = dict(rows)
+        if group < parquet.num_row_groups and column in parquet.schema_arrow.names:
+            start = 0
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, row_groups=[group], columns=[column]):
+                values = batch.column(0)
+                for row in [r for r in wanted if start <= r < start + len(values)]:
+                    value = values[row - start].as_py()
+                    for index in wanted.pop(row):
+                        out.append((index, value if isinstance(value, bytes) else ImageChanged(
+                            f"{uri}: row group {group} row {row}: {column!r} holds no bytes now")))
+                start += len(values)
+                if not wanted:
+                    break
+        for row, indices in wanted.items():
+            out += [(index, ImageChanged(f"{uri}: row group {group} has no row {row} with column {column!r} now"))
+                    for index in indices]
+        return out
+
+
+@contextlib.contextmanager
+def spooled(fetcher: ImageFetcher, refs: Sequence[ImageRef]) -> Iterator[Callable[[int], Fetched]]:
+    """Fetch every ref (in whatever order the reads finish) into a spool that spills to local disk
+    past SPOOL_MEMORY; yields get(index) -> the bytes of refs[index], or why they are gone. The
+    shard writer needs its images in position order, the reads are cheapest in file order."""
+    places: dict[int, Union[tuple[int, int], FileNotFoundError, ImageChanged]] = {}
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
+        for index, got in fetcher.fetch(refs):
+            if isinstance(got, Exception):
+                places[index] = got
+            else:
+                places[index] = (spool.tell(), len(got))
+                spool.write(got)
+
+        def get(index: int) -> Fetched:
+            place = places[index]
+            if isinstance(place, Exception):
+                return place
+            spool.seek(place[0])
+            return spool.read(place[1])
+
+        yield get

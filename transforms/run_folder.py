@@ -1,12 +1,13 @@
 """Each run's private folder inside its output: OUTPUT/_runs/<run id>/ holds the run's temporary
-files (tmp/) and its record of what it wrote (manifest_parts/, superseded.json), so two runs never
-share a temporary name, and a killed run's leftovers say exactly which shards it wrote.
+files (tmp/) and, while it finalizes, the earlier shards it is about to remove (superseded.json), so
+two runs never share a temporary name, and a finalize killed midway still knows what to remove.
 
 Deleting works on object stores too, where a "folder" is a prefix that `exists()` calls absent:
 every object under it is matched and deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -46,3 +47,12 @@ def delete_tree(path: str) -> None:
         delete_paths(files)
     if "://" not in path and os.path.isdir(path):
         shutil.rmtree(path)  # the empty folders local disks keep
+
+
+def remove_run_dir(output: str, run_id: str) -> None:
+    """Delete one run's folder, and _runs/ itself on a local disk once no other run's is left there
+    (object stores have no empty folders)."""
+    delete_tree(run_dir(output, run_id))
+    if "://" not in output:
+        with contextlib.suppress(OSError):  # absent, or another run's folder is in it
+            os.rmdir(join(output, RUNS_DIR))

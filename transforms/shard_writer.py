@@ -12,17 +12,18 @@ import io
 import logging
 import tarfile
 from collections import Counter
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.arrow import MANIFEST_SCHEMA
+from schemas.records import SPLITS, Rejection
 from schemas.sample import JSON_EXTENSION
 from transforms.atomic import atomic_create, join, write_bytes_atomic
 from transforms.coverage import ShardMember
-from transforms.image_io import read_image_bytes
+from transforms.image_io import ImageChanged, ImageFetcher, spooled
 from transforms.run_folder import run_dir, run_tmp
 
 log = logging.getLogger(__name__)
@@ -32,19 +33,45 @@ def shard_relpath(split: str, index: int) -> str:
     return f"{split}/{index:06d}.tar"
 
 
-def manifest_parts_dir(output: str, run_id: str) -> str:
-    """A run's manifest parts: one per shard it wrote, and so its record of those shards."""
-    return join(run_dir(output, run_id), "manifest_parts")
+MANIFEST_DIR = "manifest"  # one Parquet part per shard; the folder reads as one dataset (pyarrow.dataset)
+INTENTS_DIR = "intents"  # in a run's folder: one record per shard the run is writing
 
 
-def manifest_part_path(output: str, run_id: str, split: str, index: int) -> str:
-    return join(manifest_parts_dir(output, run_id), f"{split}-{index:06d}.parquet")
+def manifest_part_path(output: str, split: str, index: int) -> str:
+    """A shard's manifest part, OUTPUT/manifest/<split>-<index>.parquet: written right after its
+    shard, so each part in the folder names a shard some run wrote (transforms/finalize.py)."""
+    return join(output, MANIFEST_DIR, f"{split}-{index:06d}.parquet")
 
 
-def shard_of_manifest_part(part_path: str) -> str:
-    """The shard (relative path) a manifest part records: its name is <split>-<index>.parquet."""
-    split, index = part_path.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 1)
-    return shard_relpath(split, int(index))
+def manifest_part_of_shard(output: str, shard: str) -> str:
+    """`shard` is a relative shard path, train/000003.tar."""
+    split, name = shard.split("/")
+    return manifest_part_path(output, split, int(name.removesuffix(".tar")))
+
+
+def _shard_named(stem: str) -> Optional[str]:
+    """The shard (relative path) a `<split>-<index>` name stands for, or None."""
+    split, _, index = stem.partition("-")
+    shaped = split in SPLITS and len(index) == 6 and index.isascii() and index.isdigit()
+    return shard_relpath(split, int(index)) if shaped else None
+
+
+def shard_of_manifest_part(part_path: str) -> Optional[str]:
+    """The shard (relative path) a manifest part names, or None for a file not shaped like a part."""
+    name = part_path.rsplit("/", 1)[-1]
+    return _shard_named(name.removesuffix(".parquet")) if name.endswith(".parquet") else None
+
+
+def intent_path(output: str, run_id: str, split: str, index: int) -> str:
+    """Written in the run's folder before its shard is put in place: a run killed between the tar and
+    its manifest part still names the shard it wrote, so a later run may remove it."""
+    return join(run_dir(output, run_id), INTENTS_DIR, f"{split}-{index:06d}")
+
+
+def shard_of_intent(path: str) -> Optional[str]:
+    """The shard an intent record names, or None for any other file."""
+    folder, _, name = path.rpartition("/")
+    return _shard_named(name) if folder.endswith(f"/{INTENTS_DIR}") else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +97,46 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-class WriteShard(beam.DoFn):
-    """((split, index), [(position, ShardMember)]) -> ShardResult, after an atomic write.
+WRITE_REJECTED = "write_rejected"  # WriteShard's output of samples whose image is gone
+IMAGE_MISSING_AT_WRITE = "image_missing_at_write"
+IMAGE_CHANGED = "image_changed"
+READ_THREADS = 8  # parallel image reads per DoFn instance
 
-    The tar is written with the standard library, in webdataset's layout (members of a sample
+
+def _gone(sample: ShardMember, data: object) -> Optional[Rejection]:
+    """Why a sample's image can no longer be written (deleted or changed since validation), or None."""
+    if isinstance(data, FileNotFoundError):
+        reason, detail = IMAGE_MISSING_AT_WRITE, f"{sample.image.uri}: deleted since validation"
+    elif isinstance(data, ImageChanged):
+        reason, detail = IMAGE_CHANGED, str(data)
+    elif hashlib.sha256(data).hexdigest() != sample.sha256:
+        reason, detail = IMAGE_CHANGED, f"{sample.image.uri}: the bytes differ from those validated"
+    else:
+        return None
+    return Rejection(sample.source, sample.key, "image", reason, detail, sample.captions)
+
+
+class WriteShard(beam.DoFn):
+    """((split, index), [(position, ShardMember)]) -> ShardResult, after an atomic write; a sample whose
+    image was deleted or changed since validation is left out (its position stays a gap) and goes
+    to the WRITE_REJECTED output as a Rejection.
+
+    The shard's images are fetched first, each source file's bytes once (image_io: ranges merged
+    per file, a pool of READ_THREADS, one client per DoFn instance), then written in position
+    order. The tar is written with the standard library, in webdataset's layout (members of a sample
     adjacent, extensions in sorted order, USTAR): importing webdataset would import torch into every
     worker (~500 MiB each) for a writer that needs none of it."""
 
     def __init__(self, output: str, run_id: str):
         self.output, self.run_id = output, run_id
+        self.fetcher: Optional[ImageFetcher] = None
+
+    def setup(self) -> None:
+        self.fetcher = ImageFetcher(READ_THREADS)
+
+    def teardown(self) -> None:
+        if self.fetcher is not None:
+            self.fetcher.close()
 
     def process(self, item: tuple[tuple[str, int], Iterable[tuple[int, ShardMember]]],
                 missing: int = 0) -> Iterator[ShardResult]:
@@ -88,13 +146,19 @@ class WriteShard(beam.DoFn):
         members = sorted(members, key=lambda m: m[0])
         rows, totals, missing = [], Counter(), Counter()
         images, captions = Counter(), Counter()
+        gone: list[Rejection] = []
         relpath = shard_relpath(split, index)
-        with atomic_create(join(self.output, relpath), run_tmp(self.output, self.run_id)) as stream:
+        write_bytes_atomic(intent_path(self.output, self.run_id, split, index), relpath.encode(),
+                           run_tmp(self.output, self.run_id))
+        with spooled(self.fetcher, [sample.image for _, sample in members]) as image_of, \
+                atomic_create(join(self.output, relpath), run_tmp(self.output, self.run_id)) as stream:
             with tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for position, sample in members:
-                    data = read_image_bytes(sample.image)
-                    if hashlib.sha256(data).hexdigest() != sample.sha256:
-                        raise RuntimeError(f"{sample.key}: image bytes changed since validation ({sample.image.uri})")
+                for i, (position, sample) in enumerate(members):
+                    data = image_of(i)
+                    rejection = _gone(sample, data)
+                    if rejection is not None:
+                        gone.append(rejection)
+                        continue
                     for ext, content in sorted({sample.image_format: data,
                                                 JSON_EXTENSION: sample.json_member()}.items()):
                         _add_member(tar, f"{sample.key}.{ext}", content)
@@ -110,9 +174,13 @@ class WriteShard(beam.DoFn):
         log.info("wrote %s (%d samples)", relpath, len(rows))
         yield ShardResult(split, index, relpath, stream.md5.hexdigest(), stream.size, len(rows),
                           dict(images), dict(captions), dict(totals), dict(missing))
+        for rejection in gone:
+            beam.metrics.Metrics.counter("shards", rejection.reason).inc()
+            log.warning("%s: %s left out of %s: %s", rejection.key, rejection.reason, relpath, rejection.detail)
+            yield beam.pvalue.TaggedOutput(WRITE_REJECTED, rejection)
 
     def _write_manifest_part(self, split: str, index: int, rows: list[dict]) -> None:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), buffer)
-        write_bytes_atomic(manifest_part_path(self.output, self.run_id, split, index), buffer.getvalue(),
+        write_bytes_atomic(manifest_part_path(self.output, split, index), buffer.getvalue(),
                            run_tmp(self.output, self.run_id))

@@ -1,8 +1,12 @@
-"""Sources: COCO caption JSON + image folder, img2dataset-style WebDataset tars, Parquet.
+"""Sources: COCO caption JSON + image folder (transforms/coco_source.py), img2dataset-style
+WebDataset tars, Parquet.
 
 Each source PTransform yields a dict with `records` (SourceRecord, tagged with the source name) and
 `rejected` (Rejection, for inputs a source can already tell are unusable). Images are referenced,
-not loaded: validation and the shard writer read them through FileSystems.
+not carried: a tar member by its byte range, a Parquet image cell by (file, row group, row), a path
+as it is; the shard writer reads the bytes again. What a source has read anyway (a tar member's
+bytes, a Parquet cell) rides along to validation, which runs fused right after the source, and no
+further.
 
 What a source does with a bad input, by kind:
 - a bad *record* (a COCO image entry without id, a row with a null id, a tar member that cannot be
@@ -15,21 +19,14 @@ What a source does with a bad input, by kind:
   Parquet file without a configured column, a glob that matches nothing) raises InputError naming
   the file: nothing sensible can be read from it, and the config or the data must be fixed.
 
-Image paths named by the data (COCO `file_name`, a Parquet path column) are confined to the
-source's root: resolved (posixpath.normpath for URIs, os.path.realpath for local files, so a symlink
-is followed before the check) and rejected as `image_outside_root` when they lead out of it, unless
-the source sets `allow_outside_root: true`. A caption file must not be able to make the pipeline
-copy /etc/passwd or another user's files into shards.
+Image paths named by the data are confined to the source's root (transforms/source_common.py).
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
 import posixpath
 import tarfile
 import zlib
-from collections import defaultdict
 from typing import Any, Iterator, Optional, Union
 
 import apache_beam as beam
@@ -39,69 +36,18 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.config import CocoSource, ParquetSource, SourceSpec, WebDatasetSource
 from schemas.errors import InputError
 from schemas.records import ImageRef, Rejection, SourceRecord, sample_key
+from transforms.coco_source import ReadCoco
+from transforms.range_reader import open_ranged
+from transforms.source_common import (MALFORMED, REJECTED, SourceOutput, confine, one_line,
+                                      resolve_under)
 
-REJECTED = "rejected"
-SourceOutput = Union[SourceRecord, Rejection]
-
-# Rejection reasons a source gives (validation adds the image and caption ones).
-OUTSIDE_ROOT = "image_outside_root"
-MALFORMED = "record_malformed"
-DUPLICATE_ENTRY = "duplicate_image_entry"
+# Rejection reasons of the tar reader (validation adds the image and caption ones).
 MEMBER_UNUSED = "member_unused"
 TAR_EMPTY = "tar_empty"
 TAR_TRUNCATED = "tar_truncated"
 TAR_CORRUPT = "tar_corrupt"
 METADATA_UNREADABLE = "metadata_unreadable"
-
-
-def _join(folder: str, name: str) -> str:
-    return FileSystems.join(folder, name) if "://" in folder else posixpath.join(folder, name)
-
-
-# --- confinement of image paths to their source's root ------------------------------------------
-
-def _split_uri(path: str) -> tuple[str, str]:
-    scheme, sep, rest = path.partition("://")
-    return (scheme.lower(), rest) if sep else ("", path)
-
-
-@functools.lru_cache(maxsize=1024)
-def _real_root(root: str) -> str:
-    return os.path.realpath(root)
-
-
-def resolve_under(root: str, name: str) -> str:
-    """The path `name` (relative to `root`, or absolute, or a URI) names."""
-    if "://" in name or posixpath.isabs(name):
-        return name
-    return _join(root, name)
-
-
-def is_within(root: str, path: str) -> bool:
-    """Whether `path` lies strictly inside `root`: URIs compared after posixpath.normpath (same
-    scheme), local paths after os.path.realpath (symlinks followed, `..` resolved)."""
-    if "://" in root or "://" in path:
-        (root_scheme, root_rest), (scheme, rest) = _split_uri(root), _split_uri(path)
-        if scheme != root_scheme:
-            return False
-        real_root, real = posixpath.normpath(root_rest), posixpath.normpath(rest)
-    else:
-        try:
-            real_root, real = _real_root(root), os.path.realpath(path)
-        except ValueError:  # an embedded NUL byte: no file has that name
-            return False
-    prefix = real_root if real_root.endswith("/") else real_root + "/"
-    return real.startswith(prefix)
-
-
-def confine(record: SourceRecord, root: str, allow_outside: bool) -> SourceOutput:
-    """The record as it is, or an `image_outside_root` rejection (with its captions)."""
-    image = record.image
-    if allow_outside or image is None or image.inline is not None or is_within(root, image.uri):
-        return record
-    return Rejection(record.source, record.key, "image", OUTSIDE_ROOT,
-                     f"{image.uri} is outside the source's root {root} (set allow_outside_root: true to allow)",
-                     captions=len(record.captions))
+IMAGE_UNREADABLE = "image_unreadable"
 
 
 def _matched_paths(pattern: str, source: str, field: str) -> Iterator[str]:
@@ -111,114 +57,6 @@ def _matched_paths(pattern: str, source: str, field: str) -> Iterator[str]:
     if not matches:
         raise InputError(pattern, f"source {source!r} field {field}: the pattern matches no files")
     yield from sorted(m.path for m in matches)
-
-
-# --- COCO -----------------------------------------------------------------------------------------
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
-
-
-def parse_coco(spec: CocoSource) -> Iterator[SourceOutput]:
-    """One SourceRecord per image entry, with its captions; malformed entries and annotations,
-    repeated image entries and captions of unknown images are counted rejections. A document that
-    is not COCO caption JSON at all raises InputError naming it."""
-    path = spec.captions
-    try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(path, f"source {spec.name!r} captions: not valid JSON ({_one_line(e)})") from None
-    except Exception:  # FileNotFoundError, or the BeamIOError a filesystem wraps it in
-        if not FileSystems.exists(path):
-            raise InputError(path, f"source {spec.name!r} captions: file not found") from None
-        raise
-    if not isinstance(data, dict):
-        raise InputError(path, f"source {spec.name!r} captions: not COCO caption JSON (a JSON {_json_type(data)}, "
-                               "not an object with an \"images\" list)")
-    if not isinstance(data.get("images"), list):
-        found = "no \"images\" key" if "images" not in data else f"\"images\" is a JSON {_json_type(data['images'])}"
-        raise InputError(path, f"source {spec.name!r} captions: not COCO caption JSON ({found}; it needs an "
-                               f"\"images\" list; keys: {sorted(data)[:10]})")
-    annotations = data.get("annotations", [])
-    if not isinstance(annotations, list):
-        raise InputError(path, f"source {spec.name!r} captions: \"annotations\" must be a list, not a JSON "
-                               f"{_json_type(annotations)}")
-
-    def entry_rejection(key: str, detail: str, captions: int = 0) -> Rejection:
-        return Rejection(spec.name, key, "image", MALFORMED, detail, captions)
-
-    # Image entries: the first entry of each id holds its captions; a repeat is rejected.
-    first_index: dict[Any, int] = {}  # every id with an entry -> the index of its first entry
-    entries: dict[Any, str] = {}  # id -> file_name, for usable entries (in file order)
-    repeats: list[Rejection] = []
-    malformed: list[tuple[int, Any, str]] = []  # (index, id or None, detail)
-    for index, img in enumerate(data["images"]):
-        if not isinstance(img, dict):
-            malformed.append((index, None, f"images[{index}] is not an object (a JSON {_json_type(img)})"))
-            continue
-        image_id, file_name = img.get("id"), img.get("file_name")
-        if not _is_id(image_id):
-            malformed.append((index, None, f"images[{index}]: " + (("no 'id'" if "id" not in img else "'id' is null")
-                                                                   if image_id is None else f"'id' is {image_id!r}")))
-            continue
-        if image_id in first_index:
-            repeats.append(Rejection(spec.name, f"{sample_key(spec.name, str(image_id))}#images{index}", "image",
-                                     DUPLICATE_ENTRY, f"images[{index}] repeats id {image_id!r} (first at "
-                                                      f"images[{first_index[image_id]}]); its captions count once"))
-            continue
-        first_index[image_id] = index
-        if not isinstance(file_name, str) or not file_name:
-            malformed.append((index, image_id, f"images[{index}] (id {image_id!r}): " +
-                              (("no 'file_name'" if "file_name" not in img else "'file_name' is null")
-                               if file_name is None else f"'file_name' is {file_name!r}")))
-            continue
-        entries[image_id] = file_name
-    known_ids = first_index
-
-    captions: dict[Any, list[tuple[tuple, Any]]] = defaultdict(list)
-    for index, ann in enumerate(annotations):
-        ann_id = ann.get("id") if isinstance(ann, dict) else None
-        key = f"annotation-{ann_id}" if _is_id(ann_id) else f"annotation-index-{index}"
-        if not isinstance(ann, dict):
-            yield Rejection(spec.name, key, "caption", MALFORMED,
-                            f"annotations[{index}] is not an object (a JSON {_json_type(ann)})", captions=1)
-            continue
-        missing = [f"no {field!r}" if field not in ann else f"{field!r} is null"
-                   for field in ("image_id", "caption") if ann.get(field) is None]
-        if missing or not _is_id(ann["image_id"]):
-            detail = ", ".join(missing) if missing else f"'image_id' is {ann['image_id']!r}"
-            yield Rejection(spec.name, key, "caption", MALFORMED, f"annotations[{index}]: {detail}", captions=1)
-            continue
-        if ann["image_id"] not in known_ids:
-            yield Rejection(spec.name, key, "caption", "unknown_image_id",
-                            f"image_id {ann['image_id']} has no entry in images", captions=1)
-            continue
-        order = (0, ann_id, index) if isinstance(ann_id, int) and not isinstance(ann_id, bool) else (1, 0, index)
-        captions[ann["image_id"]].append((order, ann["caption"]))
-
-    def ordered(image_id: Any) -> tuple:
-        return tuple(text for _, text in sorted(captions.get(image_id, []), key=lambda c: c[0]))
-
-    yield from repeats
-    for index, image_id, detail in malformed:
-        key = sample_key(spec.name, str(image_id)) if image_id is not None else \
-            sample_key(spec.name, f"images-index-{index}")
-        yield entry_rejection(key, detail, captions=len(captions.get(image_id, ())) if image_id is not None else 0)
-    for image_id, file_name in entries.items():
-        source_id = str(image_id)
-        yield SourceRecord(source=spec.name, source_id=source_id, key=sample_key(spec.name, source_id),
-                           image=ImageRef(resolve_under(spec.images, file_name)), captions=ordered(image_id))
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception as one line (the CLI shows the first line of a tagged error)."""
-    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 # --- WebDataset tars ------------------------------------------------------------------------------
@@ -274,16 +112,18 @@ def parse_webdataset_tar(spec: WebDatasetSource, url: str) -> Iterator[SourceOut
     before the break, and the break is one rejection (`tar_truncated` / `tar_corrupt`) naming the
     file and the offset. An empty (0-byte) tar is a rejection too (`tar_empty`), not an error: it is
     what a failed download leaves, and one of 10k shards must not stop the job; the rejection makes
-    it visible in rejects.jsonl and stats.json. (Either break counts as one rejected image: the
+    it visible in rejects/ and stats.json. (Either break counts as one rejected image: the
     records in the unread rest cannot be counted.)
 
-    Plain tars are referenced by byte range (the shard writer reads the image again); members of a
-    compressed tar have no cheap random access, so their image bytes are carried inline."""
+    Each image member is read here, once: its bytes go along to validation (SourceRecord.data). The
+    record refers to the image by byte range in a plain tar (the shard writer reads that range
+    again); members of a compressed tar have no cheap random access, so there the reference carries
+    the bytes inline. An image member that the break cuts short is `image_unreadable`."""
     caption_ext = "txt" if spec.caption == "txt" else "json"
     state: dict[str, Any] = {"key": None}
 
     def start(key: Optional[str]) -> None:
-        state.update(key=key, members={}, image=None, used=False)
+        state.update(key=key, members={}, image=None, data=None, cut=None, used=False)
 
     def flush() -> Iterator[SourceOutput]:
         if state["key"] is None or not state["used"]:
@@ -295,7 +135,11 @@ def parse_webdataset_tar(spec: WebDatasetSource, url: str) -> Iterator[SourceOut
         except (ValueError, UnicodeDecodeError) as e:
             yield Rejection(spec.name, key, "image", METADATA_UNREADABLE, f"{url}: {state['key']}.json: {e}")
             return
-        yield SourceRecord(spec.name, source_id, key, state["image"], captions)
+        if state["cut"] is not None:
+            yield Rejection(spec.name, key, "image", IMAGE_UNREADABLE,
+                            f"{url}: member {state['cut']} is cut short by the break", captions=len(captions))
+            return
+        yield SourceRecord(spec.name, source_id, key, state["image"], captions, data=state["data"])
 
     def unused(name: str, level: str, why: str) -> Rejection:
         return Rejection(spec.name, sample_key(spec.name, f"{posixpath.basename(url)}/{name}"), level,
@@ -325,9 +169,10 @@ def parse_webdataset_tar(spec: WebDatasetSource, url: str) -> Iterator[SourceOut
                     yield from flush()
                     start(key)
                 if ext in _IMAGE_MEMBER_EXTS and state["image"] is None:
-                    state["image"] = (ImageRef(url, inline=tar.extractfile(info).read()) if compressed
-                                      else ImageRef(url, offset=info.offset_data, length=info.size))
-                    state["used"] = True  # after the read: a member cut short by a break makes no record
+                    state.update(used=True, cut=info.name)  # until its bytes are in: a break leaves it cut
+                    data = tar.extractfile(info).read()
+                    state.update(cut=None, data=data, image=ImageRef(url, inline=data) if compressed
+                                 else ImageRef(url, offset=info.offset_data, length=info.size))
                 elif role_ext in _IMAGE_MEMBER_EXTS:
                     why = (f"a second image of key {key!r}" if ext in _IMAGE_MEMBER_EXTS else
                            f"read as key {key!r} with extension {ext!r} (a dot in the key?), not an image member")
@@ -360,7 +205,7 @@ def parse_webdataset_tar(spec: WebDatasetSource, url: str) -> Iterator[SourceOut
                     or "Compressed file ended" in message:
                 yield _tar_break(spec, url, TAR_TRUNCATED, offset, message)
             else:
-                yield _tar_break(spec, url, TAR_CORRUPT, offset, _one_line(e))
+                yield _tar_break(spec, url, TAR_CORRUPT, offset, one_line(e))
         yield from flush()
 
 
@@ -375,11 +220,11 @@ def _parquet_columns(spec: ParquetSource) -> dict[str, str]:
 def parquet_row_groups(spec: ParquetSource, path: str) -> Iterator[tuple[str, int]]:
     """(path, row group index) for each row group of one file, after checking from its footer that
     it is Parquet and holds every configured column (InputError naming the file otherwise)."""
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_ranged(path) as f:
         try:
             parquet = pq.ParquetFile(f)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet
-            raise InputError(path, f"source {spec.name!r}: not a readable Parquet file ({_one_line(e)})") from None
+            raise InputError(path, f"source {spec.name!r}: not a readable Parquet file ({one_line(e)})") from None
         names = parquet.schema_arrow.names
         for column, field in _parquet_columns(spec).items():
             if column not in names:
@@ -395,7 +240,7 @@ def read_parquet_row_group(spec: ParquetSource, item: tuple[str, int]) -> Iterat
     path, group = item
     columns = list(_parquet_columns(spec))
     row = 0
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_ranged(path) as f:
         try:
             batches = pq.ParquetFile(f).iter_batches(batch_size=256, row_groups=[group], columns=columns)
             for batch in batches:
@@ -404,16 +249,18 @@ def read_parquet_row_group(spec: ParquetSource, item: tuple[str, int]) -> Iterat
                     row += 1
         except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError (OSError)
             raise InputError(path, f"source {spec.name!r}: row group {group} cannot be read after row {row} "
-                                   f"({_one_line(e)})") from None
+                                   f"({one_line(e)})") from None
 
 
-def parse_parquet_row(spec: ParquetSource, row: dict, where: tuple[str, int, int] = ("", 0, 0)) -> SourceOutput:
-    """One row -> a record; `where` is (file, row group, row) for naming the row in a rejection.
+def parse_parquet_row(spec: ParquetSource, row: dict, where: tuple[str, int, int]) -> SourceOutput:
+    """One row -> a record; `where` is (file, row group, row within it): where an image cell is, and
+    what names the row in a rejection.
 
     A null caption is no caption; every other value (0, "", a list with nulls) is a caption that
     validation judges, so each is counted. A null id is rejected (it would become "None" and
-    collide with every other null id). Image paths are confined to image_root, or without one to
-    the folder of the Parquet file."""
+    collide with every other null id). An image cell's bytes go to validation with the record, which
+    refers to the cell by (file, row group, row). Image paths are confined to image_root, or without
+    one to the folder of the Parquet file."""
     path, group, index = where
     caption = row[spec.caption_column]
     captions = tuple(caption) if isinstance(caption, (list, tuple)) else (() if caption is None else (caption,))
@@ -427,8 +274,10 @@ def parse_parquet_row(spec: ParquetSource, row: dict, where: tuple[str, int, int
     key = sample_key(spec.name, source_id)
     if spec.image_column is not None:
         data = row[spec.image_column]
-        image = ImageRef(uri=f"parquet:{spec.name}/{source_id}", inline=data) if data else None
-        return SourceRecord(spec.name, source_id, key, image, captions)
+        if not data:
+            return SourceRecord(spec.name, source_id, key, None, captions)
+        cell = ImageRef(uri=path, column=spec.image_column, row_group=group, row=index)
+        return SourceRecord(spec.name, source_id, key, cell, captions, data=data)
     image_path = row[spec.image_path_column]
     if not image_path:
         return SourceRecord(spec.name, source_id, key, None, captions)
@@ -466,12 +315,8 @@ class ReadSource(beam.PTransform):
     def expand(self, pbegin):
         spec = self.spec
         if isinstance(spec, CocoSource):
-            # One document parsed by one worker: spread its records so confinement and validation
-            # run everywhere.
-            raw = (pbegin | "Spec" >> beam.Create([spec]) | "ParseCoco" >> beam.FlatMap(parse_coco)
-                   | "Spread" >> beam.Reshuffle()
-                   | "Confine" >> beam.Map(lambda r, s=spec: r if isinstance(r, Rejection)
-                                           else confine(r, s.images, s.allow_outside_root)))
+            raw = (pbegin | "Coco" >> ReadCoco(spec)
+                   | "Confine" >> beam.Map(lambda r, s=spec: confine(r, s.images, s.allow_outside_root)))
         elif isinstance(spec, WebDatasetSource):
             raw = (pbegin
                    | "Pattern" >> beam.Create([spec.urls])

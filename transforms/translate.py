@@ -18,6 +18,7 @@ import apache_beam as beam
 from schemas.arrow import STATUS_ACCEPTED
 from schemas.config import StoreConfig, TranslatorConfig
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest, text_hash
+from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
 from transforms.missing import NOT_IN_STORE, MissingTranslation
 from transforms.translation_store import ReadStoreEntries, StoreEntry, write_store_part
 
@@ -127,6 +128,14 @@ def _accepted_hit(item: tuple[str, str, StoreEntry]) -> Iterator[tuple[str, tupl
         yield hash_, (lang, entry.translation)
 
 
+def _with_accelerator(transform: beam.PTransform, translator: TranslatorConfig) -> beam.PTransform:
+    """The translate step with the translator's accelerator hint, when it starts its own server: on
+    Dataflow only this step then runs on GPU workers (right fitting), the rest on CPU workers."""
+    if translator.managed is not None and translator.accelerator:
+        return transform.with_resource_hints(accelerator=translator.accelerator)
+    return transform
+
+
 class TranslateTexts(beam.PTransform):
     """Normalized English texts -> {"translations": (text_hash, (lang, translation)) accepted, from
     the store or new; "summary": one dict of counts (requested, cache hits, translated, accepted,
@@ -144,12 +153,12 @@ class TranslateTexts(beam.PTransform):
         languages = self.languages
         needed = (texts
                   | "Hash" >> beam.Map(lambda t: (text_hash(t), t))
-                  | "Unique" >> beam.CombinePerKey(min)
+                  | "Unique" >> MeasuredCombinePerKey(min)
                   | "PerLanguage" >> beam.FlatMap(lambda kv: [((kv[0], lang), kv[1]) for lang in languages]))
         stored = texts.pipeline | "ReadStore" >> ReadStoreEntries(self.store, languages)
         retry = self.translator is not None and self.translator.retry_rejected
         looked_up = ({"need": needed, "store": stored}
-                     | "Lookup" >> beam.CoGroupByKey()
+                     | "Lookup" >> MeasuredCoGroupByKey()
                      | "Classify" >> beam.FlatMap(_classify, retry_rejected=retry).with_outputs(MISSES, main="hits"))
         hits = looked_up.hits | "HitEntries" >> beam.Map(lambda hit: hit[0])
         counts = [looked_up.hits | "HitCounts" >> beam.Map(lambda hit: hit[1])]
@@ -162,7 +171,8 @@ class TranslateTexts(beam.PTransform):
             from transforms.translator import VLLMTranslationHandler
 
             outcomes = (looked_up[MISSES]
-                        | "Translate" >> RunInference(VLLMTranslationHandler(self.translator))
+                        | "Translate" >> _with_accelerator(RunInference(VLLMTranslationHandler(self.translator)),
+                                                           self.translator)
                         | "AppendToStore" >> beam.ParDo(_AppendToStore(self.store, self.translator.batch_size)))
             counts.append(outcomes | "OutcomeCounts" >> beam.Map(_outcome_counts))
             translations.append(outcomes | "NewTranslations" >> beam.FlatMap(_accepted_new))

@@ -21,6 +21,8 @@ from schemas.arrow import STATUS_ACCEPTED, TRANSLATION_SCHEMA
 from schemas.config import StoreConfig
 from schemas.errors import InputError
 from transforms.atomic import glob_escape, join, write_bytes_atomic
+from transforms.group_metrics import MeasuredCombinePerKey
+from transforms.range_reader import open_ranged
 
 PART_GLOB = "part-*.parquet"
 
@@ -37,10 +39,10 @@ def write_store_part(store_path: str, rows: Iterable[Mapping[str, object]]) -> s
     return path
 
 
-def parts_pattern(store_path: str) -> str:
-    """The FileSystems.match pattern of the store's parts; the store's own path is matched literally
-    (a store at /data/run[1]/store is read back)."""
-    return join(glob_escape(store_path), PART_GLOB)
+def parts_pattern(store_path: str, prefix: str = "") -> str:
+    """The FileSystems.match pattern of the store's parts (those whose content hash starts with
+    `prefix`); the store's own path is matched literally (a store at /data/run[1]/store is read back)."""
+    return join(glob_escape(store_path), PART_GLOB.replace("*", f"{prefix}*", 1))
 
 
 def store_parts(store_path: str) -> list[str]:
@@ -62,7 +64,7 @@ def _one_line(error: BaseException) -> str:
 def part_row_groups(path: str) -> Iterator[tuple[str, int]]:
     """(part, row group index) for each row group of one store part, after reading its footer;
     a part that is not readable Parquet raises InputError naming it and saying what to do."""
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_ranged(path) as f:
         try:
             groups = pq.ParquetFile(f).num_row_groups
         except Exception as e:  # pyarrow: ArrowInvalid, OSError
@@ -77,7 +79,7 @@ def read_part_row_group(item: tuple[str, int], fingerprint: str,
     """((text_hash, lang), StoreEntry) of one row group of one part, for one fingerprint and languages."""
     path, group = item
     columns = ["text_hash", "lang", "fingerprint", "status", "translation", "reason"]
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_ranged(path) as f:
         try:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=4096, row_groups=[group], columns=columns):
                 for r in batch.to_pylist():
@@ -109,15 +111,19 @@ class ReadStoreEntries(beam.PTransform):
         self.languages = frozenset(languages)
 
     def expand(self, pbegin):
-        # Parts are listed on a worker (an empty or new store matches nothing, which is fine), read
-        # per (part, row group) after each footer is checked, so a damaged part is named.
+        # Parts are listed on workers, by the first two hex digits of their content hash, so no one
+        # worker lists them all (at CC12M scale a store holds ~1.2 M parts, one per translate batch);
+        # an empty or new store matches nothing, which is fine. They are read per (part, row group)
+        # after each footer is checked, so a damaged part is named.
         fingerprint, languages = self.store.fingerprint, self.languages
+        patterns = [parts_pattern(self.store.path, f"{i:02x}") for i in range(256)]
         return (pbegin
-                | "Pattern" >> beam.Create([parts_pattern(self.store.path)])
+                | "Patterns" >> beam.Create(patterns)
+                | "SpreadPatterns" >> beam.Reshuffle()
                 | "MatchParts" >> beam.FlatMap(lambda pattern: sorted(
                     m.path for m in FileSystems.match([pattern])[0].metadata_list))
                 | "SpreadParts" >> beam.Reshuffle()
                 | "RowGroups" >> beam.FlatMap(part_row_groups)
                 | "SpreadRowGroups" >> beam.Reshuffle()
                 | "ReadRowGroups" >> beam.FlatMap(read_part_row_group, fingerprint, languages)
-                | "OnePerKey" >> beam.CombinePerKey(prefer_entry))
+                | "OnePerKey" >> MeasuredCombinePerKey(prefer_entry))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from schemas.config import ValidationRules
 from schemas.records import IMAGE_EXTENSIONS, Rejection, SourceRecord, ValidImage, normalize_text
-from transforms.image_io import read_image_bytes
+from transforms.image_io import ImageFetcher
 
 REJECTED = "rejected"
 
@@ -75,10 +75,22 @@ def inspect_image(data: bytes, rules: ValidationRules) -> tuple[Optional[tuple[s
 
 
 class ValidateRecord(beam.DoFn):
-    """SourceRecord -> ValidImage on the main output; Rejections (image or caption) on `rejected`."""
+    """SourceRecord -> ValidImage on the main output; Rejections (image or caption) on `rejected`.
+
+    Runs fused right after the sources: a record whose source already read the image (a tar member,
+    a Parquet cell) brings the bytes along and they are checked as they are; only images named by a
+    path are read here, each in one request (one client per DoFn instance)."""
 
     def __init__(self, rules: ValidationRules):
         self.rules = rules
+        self.fetcher: Optional[ImageFetcher] = None
+
+    def setup(self) -> None:
+        self.fetcher = ImageFetcher()
+
+    def teardown(self) -> None:
+        if self.fetcher is not None:
+            self.fetcher.close()
 
     def process(self, record: SourceRecord) -> Iterator:
         valid, rejected = self.check(record)
@@ -96,7 +108,7 @@ class ValidateRecord(beam.DoFn):
         if record.image is None:
             return image_rejected("image_missing", "no image in the source record")
         try:
-            data = read_image_bytes(record.image)
+            data = record.data if record.data is not None else self.fetcher.read(record.image)
         except FileNotFoundError as e:
             return image_rejected("image_missing", str(e))
         except Exception as e:  # Beam wraps filesystem errors in BeamIOError

@@ -8,7 +8,9 @@ Differs from Beam's `apache_beam/ml/inference/vllm_inference.py` where the pipel
 - a dead server is restarted by the request that finds it dead, under a lock, once per death;
 - external endpoints are first-class: requests are spread across the URLs the user gives;
 - an API key (from the environment variable `translator.api_key_env` names) is passed to the managed
-  server as `--api-key`, and masked in the launch log line, its log tail and error messages.
+  server as `--api-key`, and masked in the launch log line, its log tail and error messages;
+- a model in a bucket (`translator.model: gs://...`) is copied to the machine's disk once, whichever
+  process starts the server first (transforms/model_weights.py), and served under its configured name.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Optional, Sequence
 
 from schemas.config import ManagedServer
 from schemas.secrets import API_KEY_FLAG, redact, redact_args
+from transforms.model_weights import local_weights
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +96,12 @@ class ManagedVLLMServer:
                 self._start()
 
     def _start(self) -> None:
+        weights = local_weights(self.model)  # before the start-up clock: a 9B model is ~18 GB to copy
         self._port = _free_port()
-        cmd = [*self.spec.command, "--model", self.model, "--host", "127.0.0.1", "--port", str(self._port),
+        cmd = [*self.spec.command, "--model", weights, "--host", "127.0.0.1", "--port", str(self._port),
                *self.spec.args]
+        if weights != self.model:  # requests name the model as the config does
+            cmd += ["--served-model-name", self.model]
         if self._api_key:
             cmd += [API_KEY_FLAG, self._api_key]
         log.info("starting vLLM server: %s", " ".join(redact_args(cmd)))
