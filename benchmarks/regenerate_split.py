@@ -33,10 +33,10 @@ PAPER = {"languages": ["en", "de", "fr", "es", "ru", "zh"], "caption_languages":
 
 def fill_store(store: Path, replica: Replica) -> int:
     from schemas.records import normalize_text, text_hash
-    from transforms.translation_store import write_store_part
+    from transforms.translation_store import write_store_rows
 
     texts = sorted({normalize_text(t) for t in replica.texts})
-    write_store_part(str(store), [{"text_hash": text_hash(t), "lang": lang, "fingerprint": "bench",
+    write_store_rows(str(store), [{"text_hash": text_hash(t), "lang": lang, "fingerprint": "bench",
                                    "source_text": t, "translation": f"[{lang}] {t}", "status": "accepted",
                                    "reason": None} for t in texts for lang in PAPER["translation_languages"]])
     return len(texts)

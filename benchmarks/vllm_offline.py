@@ -2,6 +2,7 @@
 the baseline for benchmarks/translation_throughput.py. Runs in .venv-vllm.
 
     .venv-vllm/bin/python benchmarks/vllm_offline.py --model DIR --texts texts.json --lang de
+        [--max-num-seqs N] [--max-num-batched-tokens N]
 
 Prints one JSON line: {"seconds": generate() wall time, "prompts": n, "output_tokens": n}.
 """
@@ -23,11 +24,14 @@ def main() -> None:
     parser.add_argument("--texts", required=True, help="JSON list of English texts")
     parser.add_argument("--lang", default="de")
     parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="as the server's flag (default: vLLM's)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="as the server's flag")
     args = parser.parse_args()
     from vllm import LLM, SamplingParams
 
     texts = json.loads(Path(args.texts).read_text(encoding="utf-8"))
-    llm = LLM(model=args.model, dtype="float32", gpu_memory_utilization=0.2, max_model_len=args.max_model_len)
+    llm = LLM(model=args.model, dtype="float32", gpu_memory_utilization=0.2, max_model_len=args.max_model_len,
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     tokenizer = llm.get_tokenizer()
     prompts = [tokenizer.apply_chat_template(translation_messages(t, args.lang), tokenize=False,
                                              add_generation_prompt=True) for t in texts]

@@ -1,11 +1,12 @@
 """The pipeline graphs.
 
-    build:     sources -> validation -> store lookup -> coverage (dedup, rank) -> shards + metadata
+    build:     sources -> validation (+ staging) -> store lookup -> coverage (dedup, rank) -> shards + metadata
     run:       the same, with the store's misses translated by vLLM on the way
     translate: sources -> validation -> store lookup -> vLLM -> store (no shards)
 
-Only two groupings carry whole samples (the coverage step's buckets and the shards): the local
-runners hold every grouping in memory, so their per-sample size is what memory grows with.
+Only two groupings carry whole samples (the coverage step's buckets and the shards), and never image
+bytes: the local runners hold every grouping in memory, so their per-sample size is what memory grows
+with.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from transforms.coverage import AssignCoverage
 from transforms.finalize import WriteRunMetadata, WriteTranslationStats
 from transforms.group_metrics import MeasuredCombinePerKey, MeasuredGroupByKey
 from transforms.missing import GateOnMissing
+from transforms.run_folder import run_staging
 from transforms.shard_writer import WRITE_REJECTED, WriteShard
 from transforms.sources import ReadSource
 from transforms.translate import TranslateTexts
@@ -42,8 +44,10 @@ def _read_count(element: SourceRecord | Rejection) -> tuple[str, tuple[int, int]
     return element.source, (1, len(element.captions))
 
 
-def read_inputs(p: beam.Pipeline, config: RunConfig) -> ValidatedInputs:
-    """Every source, validated; what was read and what was rejected."""
+def read_inputs(p: beam.Pipeline, config: RunConfig, staging: Optional[str] = None) -> ValidatedInputs:
+    """Every source, validated; what was read and what was rejected. `staging`: where validation
+    stages the images no byte range of their source holds, for the shard writer (transforms/staging.py);
+    only a graph that writes shards passes it."""
     read = [p | ReadSource(spec) for spec in config.sources]
     records = [r["records"] for r in read] | "AllRecords" >> beam.Flatten()
     source_rejects = [r["rejected"] for r in read] | "SourceRejects" >> beam.Flatten()
@@ -51,7 +55,7 @@ def read_inputs(p: beam.Pipeline, config: RunConfig) -> ValidatedInputs:
                    | "ReadElements" >> beam.Flatten()
                    | "CountRead" >> beam.Map(_read_count)
                    | "SumRead" >> MeasuredCombinePerKey(sum_pairs))
-    validated = records | "Validate" >> beam.ParDo(ValidateRecord(config.validation)).with_outputs(
+    validated = records | "Validate" >> beam.ParDo(ValidateRecord(config.validation, staging)).with_outputs(
         REJECTED, main="valid")
     rejections = (source_rejects, validated[REJECTED]) | "AllRejections" >> beam.Flatten()
     return ValidatedInputs(validated.valid, read_counts, rejections)
@@ -75,7 +79,7 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     translations as a side input (so runs after it is known) and writes nothing when it is not 0;
     the missing texts are listed in OUTPUT/missing_translations/ instead. With `allow_missing`
     the annotations are left out and counted (stats.json: missing_translation)."""
-    inputs = read_inputs(p, config)
+    inputs = read_inputs(p, config, run_staging(config.output, run_id))
     translated = _translate(inputs, config, config.translator if translate else None)
     gate = {} if allow_missing else {
         "missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output, run_id)}

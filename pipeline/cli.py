@@ -5,6 +5,7 @@
     florenz-data run CONFIG [beam options]         translate the store's misses and build, in one pipeline
     florenz-data verify OUTPUT [fs options]        re-read an output and check every invariant
     florenz-data report OUTPUT [--diff OTHER] [fs options]   coverage heatmap + tables, what an ablation changed
+    florenz-data compact-store STORE [--fingerprint FP] [beam options]   merge small store parts, migrate old stores
     florenz-data eval-translator CONFIG --reference multi30k:de   BLEU/chrF + rejection rates
 
 Beam options pass through: --direct_num_workers 2 --direct_running_mode multi_processing,
@@ -186,6 +187,23 @@ def _eval_translator(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _compact_store(args: argparse.Namespace, rest: list[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.compact_store import compact_store
+    from pipeline.object_stores import check_s3
+    from transforms.store_compaction import ROWS_PER_FILE
+
+    rows_per_file = ROWS_PER_FILE if args.rows_per_file is None else args.rows_per_file
+    if rows_per_file < 1:
+        raise ConfigError("--rows-per-file", "must be at least 1")
+    check_s3([args.store], PipelineOptions(rest))
+    languages = [lang for lang in (args.languages or "").split(",") if lang]
+    counts = compact_store(args.store, _beam_args(rest), args.fingerprint, languages, rows_per_file)
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
 def _report(args: argparse.Namespace, rest: list[str]) -> int:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -244,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--diff", default=None, help="another output to compare with (what an ablation changed)")
     report.add_argument("--out", default=None, help="folder for the report (default OUTPUT/report)")
     report.set_defaults(run=_report)
+    compact = sub.add_parser("compact-store", help="merge a translation store's small parts into few large files "
+                                                    "per (fingerprint, lang); moves an old flat store into partitions")
+    compact.add_argument("store")
+    compact.add_argument("--fingerprint", default=None, help="only this translator fingerprint's partitions")
+    compact.add_argument("--languages", default=None, help="only these languages (comma-separated); with "
+                                                           "--fingerprint, nothing is listed before the pipeline runs")
+    compact.add_argument("--rows-per-file", type=int, default=None, help="rows per compacted file (default 1,000,000)")
+    compact.set_defaults(run=_compact_store)
     evaluate = sub.add_parser("eval-translator", help="BLEU/chrF and rejection rates on a parallel test set")
     evaluate.add_argument("config")
     _translator_flags(evaluate)

@@ -6,9 +6,10 @@ translation acceptance per language from the store). With --diff, also OUT/diff.
 annotation counts per split × key before and after, and images that moved between splits.
 
 Everything is read and written through Beam's FileSystems (OUT may be on gs:// or s3://). Nothing is
-held as rows: the counts come from stats.json, the store is read one part at a time (four columns,
-counted in Arrow), and --diff sorts the key and split columns of both manifests in Arrow (about 0.6
-GB of columns for two outputs of 12 M images, and twice that more while sorting).
+held as rows: the counts come from stats.json, the store's partitions of this run's fingerprint and
+languages are read one part at a time (two columns, counted in Arrow), and --diff sorts the key and
+split columns of both manifests in Arrow (about 0.6 GB of columns for two outputs of 12 M images, and
+twice that more while sorting).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from schemas.records import SPLITS, TASKS
 from schemas.sample import task_language
 from transforms.atomic import join, write_bytes_atomic
 from transforms.finalize import CONFIG_COPY, STATS, SUCCESS
-from transforms.translation_store import store_parts
+from transforms.range_reader import open_ranged
+from transforms.translation_store import REREADS, partition_dir, partition_parts
 
 
 def _read_text(path: str) -> str:
@@ -63,19 +65,35 @@ class Output:
         return split == "train" and task == "caption" and lang in self.plan.held_out_caption_languages
 
     def translation_acceptance(self) -> dict[str, dict[str, int]]:
-        """Per language: accepted and rejected-per-reason entries of this run's store fingerprint,
-        counted in Arrow one store part at a time."""
+        """Per language of the plan: accepted and rejected-per-reason entries of this run's store
+        fingerprint, read from its partitions only (a key stored twice, before compact-store merged
+        the parts, counts twice)."""
         store = self.config.get("store", {})
-        result: dict[str, Counter] = {}
-        for part in store_parts(store["path"]) if store.get("path") else []:
-            with FileSystems.open(part, compression_type="uncompressed") as f:
-                table = pq.read_table(f, columns=["lang", "fingerprint", "status", "reason"])
-            table = table.filter(pc.equal(table["fingerprint"], store.get("fingerprint")))
-            counts = table.group_by(["lang", "status", "reason"], use_threads=False).aggregate([("lang", "count")])
-            for row in counts.to_pylist():
-                outcome = STATUS_ACCEPTED if row["status"] == STATUS_ACCEPTED else f"rejected_{row['reason']}"
-                result.setdefault(row["lang"], Counter())[outcome] += row["lang_count"]
-        return {lang: dict(sorted(c.items())) for lang, c in sorted(result.items())}
+        if not store.get("path"):
+            return {}
+        counts = {lang: partition_outcomes(partition_dir(store["path"], store["fingerprint"], lang))
+                  for lang in sorted(self.plan.translation_languages)}
+        return {lang: c for lang, c in counts.items() if c}
+
+
+def partition_outcomes(directory: str) -> dict[str, int]:
+    """accepted / rejected_<reason> counts of one store partition, counted in Arrow one part at a time
+    (two columns). If compact-store deletes a listed part meanwhile, counted again from a new listing."""
+    for _ in range(REREADS + 1):
+        counts: Counter = Counter()
+        try:
+            for part in partition_parts(directory):
+                with open_ranged(part) as f:
+                    table = pq.read_table(f, columns=["status", "reason"])
+                grouped = table.group_by(["status", "reason"], use_threads=False).aggregate([("status", "count")])
+                for row in grouped.to_pylist():
+                    outcome = STATUS_ACCEPTED if row["status"] == STATUS_ACCEPTED else f"rejected_{row['reason']}"
+                    counts[outcome] += row["status_count"]
+        except FileNotFoundError:
+            continue
+        return dict(sorted(counts.items()))
+    raise InputError(directory, f"translation store parts vanished while the report read them, {REREADS + 1} "
+                                "times over (compact-store ran again and again?); run the report again")
 
 
 def count_table(output: Output, split: str) -> str:

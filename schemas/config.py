@@ -103,8 +103,11 @@ class TranslatorConfig:
     model: str
     endpoints: tuple[str, ...] = ()
     managed: Optional[ManagedServer] = None
-    batch_size: int = 64  # requests per RunInference batch, and per store part
-    concurrency: int = 64  # requests in flight per worker
+    batch_size: int = 64  # requests per batch, and per store part
+    # Requests one server may hold at once, shared by every process and thread of a worker VM
+    # (per endpoint URL, or the managed server). None: the managed server's --max-num-seqs (from
+    # its args, or vLLM's default there), for endpoints 256 (transforms/admission.py).
+    max_in_flight: Optional[int] = None
     request_timeout_s: float = 120.0
     max_attempts: int = 4  # per request, for HTTP errors and timeouts
     max_tokens_cap: int = 512
@@ -275,7 +278,7 @@ def _translator(raw: Any, base_dir: str) -> TranslatorConfig:
     field = "translator"
     if not isinstance(raw, Mapping):
         raise ConfigError(field, "must be a mapping")
-    known = {f.name for f in dataclasses.fields(TranslatorConfig)}
+    known = {f.name for f in dataclasses.fields(TranslatorConfig)} | {"concurrency"}
     _refuse_unknown(raw, known, field)
     model = _required_str(raw, "model", field)
     endpoints = raw.get("endpoints", [])
@@ -296,12 +299,18 @@ def _translator(raw: Any, base_dir: str) -> TranslatorConfig:
         managed = _managed(raw["managed"], base_dir)
     if bool(endpoints) == (managed is not None):
         raise ConfigError(f"{field}.endpoints", "give exactly one of endpoints (servers you run) and managed")
+    # concurrency is max_in_flight's old name: its meaning, requests in flight per worker, is this one's
+    if "concurrency" in raw and "max_in_flight" in raw:
+        raise ConfigError(f"{field}.concurrency", "is the old name of max_in_flight; give only max_in_flight")
+    in_flight_name = "concurrency" if "concurrency" in raw else "max_in_flight"
     numbers = {}
-    for name in ("batch_size", "concurrency", "max_attempts", "max_tokens_cap"):
-        value = raw.get(name, getattr(TranslatorConfig, name))
+    for name in ("batch_size", "max_attempts", "max_tokens_cap", in_flight_name):
+        value = raw.get(name, getattr(TranslatorConfig, name, None))
+        if value is None and name == in_flight_name:
+            continue  # max_in_flight unset: from the server (transforms/admission.py)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{field}.{name}", f"must be a positive integer, got {value!r}")
-        numbers[name] = value
+        numbers["max_in_flight" if name == in_flight_name else name] = value
     timeout = raw.get("request_timeout_s", TranslatorConfig.request_timeout_s)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(f"{field}.request_timeout_s", f"must be a positive number, got {timeout!r}")
@@ -313,11 +322,21 @@ def _translator(raw: Any, base_dir: str) -> TranslatorConfig:
                                         and "count:" in accelerator):
         raise ConfigError(f"{field}.accelerator", "must be a Dataflow accelerator hint like 'type:nvidia-l4;"
                                                   "count:1;machine_type:g2-standard-8;install-nvidia-driver'")
+    if managed is not None and not managed.share_across_processes and _gpu_count(accelerator) == 1:
+        raise ConfigError(f"{field}.managed.share_across_processes",
+                          "is false, which starts one vLLM server per SDK process, but translator.accelerator "
+                          "gives each worker one GPU: every process would load the model onto it; set it to true")
     if "://" not in model and not os.path.isabs(model) and os.path.exists(os.path.join(base_dir, model)):
         model = os.path.normpath(os.path.join(base_dir, model))
     return TranslatorConfig(model=model, endpoints=tuple(e.rstrip("/") for e in endpoints), managed=managed,
                             request_timeout_s=float(timeout), retry_rejected=retry, api_key_env=api_key_env,
                             accelerator=accelerator, **numbers)
+
+
+def _gpu_count(accelerator: Optional[str]) -> Optional[int]:
+    """The `count:N` of a Dataflow accelerator hint; None without a hint or a readable count."""
+    match = re.search(r"(?:^|;)\s*count:\s*(\d+)", accelerator or "")
+    return int(match.group(1)) if match else None
 
 
 def _managed(raw: Any, base_dir: str) -> ManagedServer:

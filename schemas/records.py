@@ -1,10 +1,9 @@
 """Record types that flow between the pipeline's transforms.
 
-Image bytes are *not* carried through shuffles: records hold an `ImageRef` (a file, a byte range
-inside a tar, or a cell of a Parquet file: file, row group, row) and the shard writer reads the bytes
-again. That keeps every GroupByKey small, so memory does not grow with image volume. Members of a
-compressed tar are the exception (a compressed stream has no byte ranges to refer to) and carry
-their bytes inline.
+Image bytes are *not* carried through shuffles: records hold an `ImageRef` (a byte range of a file:
+a plain tar's member, a whole image file, or validation's staged copy of an image that no byte range
+of its source holds) and the shard writer reads the bytes again. That keeps every GroupByKey small,
+so memory does not grow with image volume.
 """
 from __future__ import annotations
 
@@ -28,20 +27,29 @@ IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImageRef:
-    """Where an image's bytes live: a whole file, a byte range of a file, a Parquet cell (`uri` is the
-    Parquet file; `column` at `row` of `row_group`), or inline bytes."""
+    """Where an image's bytes are: [offset, offset + length) of the file `uri` (length -1: to its
+    end), read again with one exact ranged read.
 
-    uri: str
+    An image that no byte range of its source file holds (a Parquet cell, a member of a compressed
+    tar) leaves its source without a `uri`, named only by `origin`; validation stages its bytes in
+    the run's folder and points `uri`, `offset` and `length` at the staged copy
+    (transforms/staging.py). `origin` stays with it: messages name the image by it, because a staging
+    file's name and offsets differ from run to run and must not reach the output."""
+
+    uri: str = ""
     offset: int = 0
     length: int = -1  # -1: to the end of the file
-    inline: Optional[bytes] = None
-    column: Optional[str] = None  # set for a Parquet cell
-    row_group: int = -1
-    row: int = -1  # within the row group
+    origin: str = ""  # the image as its source holds it ("rows.parquet: row group 0, row 3, column jpg")
 
     @property
-    def is_parquet_cell(self) -> bool:
-        return self.column is not None
+    def addressable(self) -> bool:
+        """Whether a byte range of a file holds the image (false: only `origin` names it, not staged yet)."""
+        return bool(self.uri)
+
+    @property
+    def name(self) -> str:
+        """The image as messages name it, the same in every run: its origin, else its file."""
+        return self.origin or self.uri
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,8 +62,8 @@ class SourceRecord:
     image: Optional[ImageRef]
     captions: tuple[Union[str, bytes], ...]
     # The image's bytes when the source already read them (a tar member, a Parquet cell): validation,
-    # fused right after the source, checks these instead of reading the image a second time. They
-    # end there: a ValidImage holds only the reference.
+    # fused right after the source, checks these instead of reading the image a second time (and
+    # stages them when `image` is not addressable). They end there: a ValidImage holds only a reference.
     data: Optional[bytes] = dataclasses.field(default=None, repr=False)
 
 
@@ -66,7 +74,7 @@ class ValidImage:
     source: str
     source_id: str
     key: str
-    image: ImageRef
+    image: ImageRef  # addressable in a build (staged if need be); `translate` writes no shards and stages nothing
     image_format: str  # WebDataset extension: jpg, png, webp
     width: int
     height: int

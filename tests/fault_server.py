@@ -3,12 +3,15 @@
 It answers chat completions from a table of known translations (real Multi30K references), and
 injects the faults a real deployment sees: HTTP errors (500, 429, 400...), requests that hang past the
 client's timeout, a process that dies mid-run, answers that are not chat completions (garbage, no
-choices, a non-text message), oversized answers, and, like `vllm serve --api-key`, a bearer token
-required on /v1 (401 without it). Success-path tests use a real vLLM server instead.
+choices, a non-text message), oversized answers, a /health that answers late once it has work (a
+busy server), and, like `vllm serve --api-key`, a bearer token required on /v1 (401 without it). It
+measures what admission must bound: the peak number of completion requests in flight at once, and
+the time-weighted mean from the first one's start to the last one's end (GET /stats). Success-path tests use a real vLLM server instead.
 
     python tests/fault_server.py --model NAME --port P --pairs pairs.jsonl
         [--fail-first N [--fail-status CODE]] [--hang-first N] [--die-after N] [--counter FILE]
         [--bad-response garbage|empty_choices|content_not_text] [--answer-chars N] [--api-key KEY]
+        [--delay S] [--slow-health S] [--starts-file FILE]
 """
 from __future__ import annotations
 
@@ -38,7 +41,14 @@ def main() -> None:
                         help="answer 200 with something that is not a usable chat completion")
     parser.add_argument("--answer-chars", type=int, default=0, help="answer with this many characters of German")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (as vLLM)")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each completion takes")
+    parser.add_argument("--slow-health", type=float, default=0.0,
+                        help="seconds /health takes once completions have started (a busy server)")
+    parser.add_argument("--starts-file", default=None, help="append this process's id when it starts")
     args = parser.parse_args()
+    if args.starts_file:
+        with open(args.starts_file, "a") as f:
+            f.write(f"{os.getpid()}\n")
     table = {}
     with open(args.pairs, encoding="utf-8") as f:
         for line in f:
@@ -46,6 +56,26 @@ def main() -> None:
             table[(row["en"], row["lang"])] = row["reference"]
     lock = threading.Lock()
     seen = [0]
+    in_flight = {"now": 0, "peak": 0, "area": 0.0, "first": None, "last": None}
+
+    def step(change: int) -> None:
+        """Count one request in or out, integrating in-flight over time for the mean."""
+        now = time.monotonic()
+        if in_flight["first"] is None:
+            in_flight["first"] = now
+        else:
+            in_flight["area"] += in_flight["now"] * (now - in_flight["last"])
+        in_flight["now"] += change
+        in_flight["last"] = now
+
+    def enter() -> None:
+        with lock:
+            step(+1)
+            in_flight["peak"] = max(in_flight["peak"], in_flight["now"])
+
+    def leave() -> None:
+        with lock:
+            step(-1)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *_):
@@ -72,7 +102,14 @@ def main() -> None:
             if not self._authorized():
                 return
             if self.path == "/health":
+                time.sleep(args.slow_health if seen[0] else 0)
                 self._reply(200, {})
+            elif self.path == "/stats":
+                with lock:  # the mean is over the time from the first request's start to the last one's end
+                    span = (in_flight["last"] or 0) - (in_flight["first"] or 0)
+                    self._reply(200, {"requests": seen[0], "in_flight": in_flight["now"],
+                                      "peak_in_flight": in_flight["peak"],
+                                      "mean_in_flight": in_flight["area"] / span if span else 0.0})
             else:
                 self._reply(200, {"object": "list", "data": [{"id": args.model, "object": "model"}]})
 
@@ -80,6 +117,13 @@ def main() -> None:
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if not self._authorized():
                 return
+            enter()
+            try:
+                self._complete(request)
+            finally:
+                leave()
+
+        def _complete(self, request: dict) -> None:
             with lock:
                 seen[0] += 1
                 n = seen[0]
@@ -95,6 +139,7 @@ def main() -> None:
             if n <= args.fail_first + args.hang_first:
                 time.sleep(30)
                 return self._reply(200, {})
+            time.sleep(args.delay)
             if args.bad_response == "garbage":
                 data = b"<html><body>502 Bad Gateway</body></html> {not json"
                 self.send_response(200)

@@ -56,9 +56,10 @@ def fake_translation(text: str, lang: str) -> str:
 
 def fill_store(store: Path, texts: Iterable[str], languages: Iterable[str],
                skip: set[tuple[str, str]] = frozenset(), fingerprint: str = "test-fp") -> None:
-    """Write one store part with a translation of each normalized text, except the (text, lang) in skip."""
+    """Write one store part per language with a translation of each normalized text, except the
+    (text, lang) in skip."""
     from schemas.records import normalize_text, text_hash
-    from transforms.translation_store import write_store_part
+    from transforms.translation_store import write_store_rows
 
     rows = []
     for text in sorted(set(normalize_text(t) for t in texts)):
@@ -67,7 +68,22 @@ def fill_store(store: Path, texts: Iterable[str], languages: Iterable[str],
                 rows.append({"text_hash": text_hash(text), "lang": lang, "fingerprint": fingerprint,
                              "source_text": text, "translation": fake_translation(text, lang),
                              "status": "accepted", "reason": None})
-    write_store_part(str(store), rows)
+    write_store_rows(str(store), rows)
+
+
+def store_part_files(store: Path) -> list[Path]:
+    """The store's part files, every partition's."""
+    return sorted(store.glob("fingerprint=*/lang=*/part-*.parquet"))
+
+
+def read_store_rows(store: Path) -> list[dict]:
+    """Every row of a local store, read as anyone can without this project's code: pyarrow.dataset
+    with hive partitioning."""
+    import pyarrow.dataset as ds
+
+    if not store_part_files(store):
+        return []
+    return ds.dataset(store, format="parquet", partitioning="hive").to_table().to_pylist()
 
 
 def run_build(config_path: Path, allow_missing: bool = False, *beam_args: str) -> dict:
@@ -141,3 +157,35 @@ def caption_parquet_source(tmp: Path, captions: list[list[str]], name: str = "m3
     pq.write_table(pa.table(rows), path)
     return {"name": name, "type": "parquet", "files": str(path), "id_column": "id", "caption_column": "captions",
             "image_path_column": "path", "image_root": str(COCO_SAMPLE / "images")}
+
+
+def write_staged_sources(folder: Path, images: list[tuple[bytes, str]], row_group_size: int,
+                         prefix: str = "") -> list[dict]:
+    """Two sources whose images no byte range of their file holds, so validation stages them: `cells`,
+    a Parquet file holding the first half of (image, caption) in an image column (row groups of
+    `row_group_size` rows), and `zipped`, a gzip-compressed WebDataset tar holding the rest. `prefix`
+    goes before the paths in the source specs (a filesystem scheme)."""
+    import gzip
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    half = len(images) // 2
+    cells, zipped = images[:half], images[half:]
+    pq.write_table(pa.table({"id": [f"c{i}" for i in range(len(cells))], "caption": [c for _, c in cells],
+                             "jpg": [data for data, _ in cells]}), folder / "rows.parquet",
+                   row_group_size=row_group_size)
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, (data, caption) in enumerate(zipped):
+            for name, content in ((f"z{i}.jpg", data), (f"z{i}.txt", caption.encode("utf-8"))):
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    (folder / "part-000000.tar.gz").write_bytes(gzip.compress(plain.getvalue(), mtime=0))
+    return [{"name": "cells", "type": "parquet", "files": f"{prefix}{folder / 'rows.parquet'}", "id_column": "id",
+             "caption_column": "caption", "image_column": "jpg"},
+            {"name": "zipped", "type": "webdataset", "urls": f"{prefix}{folder / '*.tar.gz'}"}]

@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")
 ACCESS_KEY, SECRET_KEY, REGION = "florenz-test-key", "florenz-test-secret", "us-east-1"
@@ -110,6 +110,7 @@ class Request:
     range: Optional[str]  # the Range header, e.g. "bytes=512-"
     status: int
     body_bytes: int  # response body bytes the server sent
+    body: Optional[bytes] = None  # the response body itself, for the keys the proxy was asked to keep
 
     @property
     def range_start(self) -> int:
@@ -127,9 +128,11 @@ class Request:
 
 class CountingProxy:
     """An HTTP proxy in front of an S3 server recording every request (method, object, Range header,
-    response body bytes): what a client downloaded, measured at the server's side of the wire."""
+    response body bytes): what a client downloaded, measured at the server's side of the wire. The
+    response bodies of objects whose key `keep_body` accepts are kept too (to see what a read of an
+    object the test did not write delivered)."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, keep_body: Callable[[str], bool] = lambda key: False):
         self.upstream = urllib.parse.urlsplit(upstream)
         self.requests: list[Request] = []
         lock = threading.Lock()
@@ -176,7 +179,7 @@ class CountingProxy:
                 bucket, _, key = urllib.parse.unquote(url.path).lstrip("/").partition("/")
                 with lock:
                     proxy.requests.append(Request(self.command, bucket, key, url.query, self.headers.get("Range"),
-                                                  response.status, len(data)))
+                                                  response.status, len(data), data if keep_body(key) else None))
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 

@@ -1,8 +1,9 @@
 """`florenz-data build` end to end: byte-identical outputs (shards, manifest parts, rejects parts, the
-missing-translations report) across runs and worker counts, and a run killed midway leaves no partial
-file and, re-run, the same result."""
+missing-translations report) across runs and worker counts, images staged in the run's folder
+included, and a run killed midway leaves no partial file and, re-run, the same result."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.verify import verify_output
-from tests.helpers import PAPER_PLAN, coco_captions, coco_source, fill_store, write_config
+from tests.helpers import (COCO_SAMPLE, PAPER_PLAN, coco_captions, coco_source, fill_store, write_config,
+                           write_staged_sources)
 
 CLI = str(Path(sys.executable).with_name("florenz-data"))
 COMPARED = ("train.index.json", "eval.index.json", "stats.json")
@@ -22,17 +24,32 @@ FOLDERS = ("train", "eval", "manifest", "rejects")
 WORKERS = ("--direct_num_workers", "2", "--direct_running_mode", "multi_processing")
 
 
+def staged_sources(tmp: Path) -> list[dict]:
+    """A Parquet source holding images in a column and a .tar.gz (tests/helpers.py), shared by the
+    runs: 20 of the sample's images, each made distinct from the COCO source's copy, with its longest
+    real caption. Validation stages them in each run's folder; nothing of that may reach the output."""
+    captions = coco_captions()
+    longest = {}
+    for a in captions["annotations"]:
+        longest[a["image_id"]] = max(longest.get(a["image_id"], ""), a["caption"], key=len)
+    entries = sorted(captions["images"], key=lambda e: e["file_name"])[:20]
+    images = [((COCO_SAMPLE / "images" / e["file_name"]).read_bytes() + f"staged copy {i}".encode(), longest[e["id"]])
+              for i, e in enumerate(entries)]
+    return write_staged_sources(tmp / "staged", images, row_group_size=4)  # the same bytes each time
+
+
 def make_run(tmp: Path, name: str, shard_size: int = 8, **plan) -> Path:
-    """A config whose output is tmp/name/out, reading a shared store. Captions under 50 characters
-    are rejected, so the rejects spread over many parts."""
+    """A config whose output is tmp/name/out, reading a shared store and shared sources. Captions
+    under 50 characters are rejected, so the rejects spread over many parts."""
     root = tmp / name
     root.mkdir()
     store = tmp / "store"
     if not store.exists():
         fill_store(store, [a["caption"] for a in coco_captions()["annotations"]],
                    PAPER_PLAN["translation_languages"])
-    config = write_config(root, [coco_source()], {**PAPER_PLAN, "eval_fraction": 0.1, "shard_size": shard_size,
-                                                  **plan}, validation={"min_caption_chars": 50})
+    config = write_config(root, [coco_source(), *staged_sources(tmp)],
+                          {**PAPER_PLAN, "eval_fraction": 0.1, "shard_size": shard_size, **plan},
+                          validation={"min_caption_chars": 50})
     text = config.read_text().replace(str(root / "store"), str(store))
     config.write_text(text)
     return config
@@ -72,6 +89,8 @@ def test_two_runs_are_byte_identical(reference):
     assert len([k for k in expected if k.endswith(".tar")]) > 2
     assert len([k for k in expected if k.startswith("manifest/")]) == len([k for k in expected if k.endswith(".tar")])
     assert len([k for k in expected if k.startswith("rejects/")]) > 20
+    sources = json.loads(expected["stats.json"])["sources"]
+    assert sources["cells"]["images"]["written"] > 0 and sources["zipped"]["images"]["written"] > 0  # staged
 
 
 def test_two_worker_processes_give_the_same_bytes(reference):

@@ -29,7 +29,8 @@ from PIL import Image
 
 from pipeline.output_files import read_manifest
 from pipeline.verify import iter_tar_samples
-from tests.helpers import COCO_SAMPLE, copy_images, fill_store, require_coco_sample, write_config
+from tests.helpers import COCO_SAMPLE, copy_images, fill_store, require_coco_sample, store_part_files, \
+    write_config
 from tests.hostile import assert_balanced, expect, read_stats, rejects, run_cli
 
 # Distinct real images: the build keeps one copy of identical bytes (duplicate_image), so no two
@@ -305,7 +306,7 @@ def test_a_damaged_store_part_is_named_with_what_to_do(tmp_path):
     coco_json(tmp_path / "captions.json", [{"id": 1, "file_name": IMAGES[0]}],
               [{"id": 1, "image_id": 1, "caption": CAPTION}])
     fill_store(tmp_path / "store", [CAPTION], ["de", "fr", "es", "ru", "zh"])
-    (part,) = (tmp_path / "store").glob("part-*.parquet")
+    part = store_part_files(tmp_path / "store")[0]
     part.write_bytes(part.read_bytes()[:-100])  # a partial copy: the footer is gone
     sources = [{"name": "coco", "type": "coco", "captions": str(tmp_path / "captions.json"),
                 "images": str(tmp_path / "images")}]

@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import caption_parquet_source, write_config
+from tests.helpers import caption_parquet_source, read_store_rows, write_config
 from tests.hostile import expect, run_cli
 from tests.test_translate_faults import FAULT_SERVER, PLAN, make_corpus, start_fault_server
 
@@ -52,10 +51,6 @@ def config_for(tmp: Path, captions, translator: dict) -> Path:
                                                                                          **translator})
 
 
-def stored(tmp: Path) -> list[dict]:
-    return [row for part in sorted((tmp / "store").glob("part-*.parquet")) for row in pq.read_table(part).to_pylist()]
-
-
 def translation_stats(tmp: Path) -> dict:
     return json.loads((tmp / "out" / "translation_stats.json").read_text(encoding="utf-8"))
 
@@ -70,13 +65,13 @@ def test_an_authenticated_server_is_reached_only_with_the_key_from_the_environme
         without = run_cli("translate", config_for(tmp_path, captions, {"endpoints": [url], **SMALL_RUN}))
         expect(without, "clear_error", "secrets", mentions=["failed_http_401: 16", "HTTP 401", "api_key_env"],
                secrets=[key], scan=scan)
-        assert stored(tmp_path) == []
+        assert read_store_rows(tmp_path / "store") == []
         config = config_for(tmp_path, captions, {"endpoints": [url], "api_key_env": KEY_ENV, **SMALL_RUN})
         with_key = run_cli("translate", config, env={KEY_ENV: key})
     expect(with_key, "handled", "secrets", secrets=[key], scan=scan)
     summary = translation_stats(tmp_path)
     assert summary["translated"] == 16 and summary["accepted"] >= 15 and not any(k.startswith("failed_") for k in summary)
-    assert len(stored(tmp_path)) == 16
+    assert len(read_store_rows(tmp_path / "store")) == 16
 
 
 def test_an_unset_key_variable_is_refused_before_any_request(tmp_path, corpus):
@@ -211,7 +206,7 @@ def test_translate_fails_with_the_cause_when_every_request_fails(tmp_path, corpu
            mentions=[f"{counter}: 16, e.g. ", example, "not stored", "florenz-data translate"])
     summary = translation_stats(tmp_path)
     assert summary[counter] == 16 and example in summary["failure_examples"][counter]
-    assert stored(tmp_path) == []
+    assert read_store_rows(tmp_path / "store") == []
 
 
 def test_run_stops_saying_the_translator_failed_and_why(tmp_path, corpus):
@@ -229,7 +224,7 @@ def test_run_stops_saying_the_translator_failed_and_why(tmp_path, corpus):
     expect(allowed, "clear_error", "failures without their cause",
            mentions=["failed_http_500: 16, e.g. HTTP 500: ", "left out", "not stored"])
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
-    assert stats["translation"]["failed_http_500"] == 16 and stored(tmp_path) == []
+    assert stats["translation"]["failed_http_500"] == 16 and read_store_rows(tmp_path / "store") == []
 
 
 # --- smaller -------------------------------------------------------------------------------------
@@ -259,6 +254,6 @@ def test_a_megabyte_answer_is_a_counted_length_rejection(tmp_path, corpus):
     expect(done, "counted_rejection", "smaller")
     summary = translation_stats(tmp_path)
     assert summary["rejected_length_ratio"] == 16 and summary["retried"] == 16 and summary["sent"] == 32
-    rows = stored(tmp_path)
+    rows = read_store_rows(tmp_path / "store")
     assert len(rows) == 16 and {(r["status"], r["reason"]) for r in rows} == {("rejected", "length_ratio")}
     assert took < 120, took

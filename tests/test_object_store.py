@@ -6,7 +6,9 @@ the reference: the s3 output must be byte-identical to it, leave no temporary ob
 each image without downloading much more than the image (counted by a proxy at the server).
 
 Sources: a real COCO subset (captions JSON + images), a Parquet source with image paths beside it,
-and two plain WebDataset tars (images referenced by byte range), all made from the real COCO sample.
+a Parquet source holding its images in a column (row groups of 4 rows; validation stages them in the
+run's folder on s3, and the shard writer reads the staged copies), and two plain WebDataset tars
+(images referenced by byte range), all made from the real COCO sample.
 """
 from __future__ import annotations
 
@@ -36,9 +38,10 @@ BUCKET = "florenz"
 S3_ROOT = f"s3://{BUCKET}"
 PLAN = {"languages": ["en", "de", "fr"], "caption_languages": ["en", "de"], "translation_languages": ["de", "fr"],
         "eval_fraction": 0.25, "seed": 0, "shard_size": 8}
-COCO_IMAGES, PARQUET_IMAGES, TAR_IMAGES = 12, 8, 8  # distinct images of the sample, in this order
+COCO_IMAGES, PARQUET_IMAGES, TAR_IMAGES, CELL_IMAGES = 12, 8, 8, 8  # distinct images of the sample, in this order
 # Names of temporary objects: run folders, atomic-write temporaries (<name>.<uuid4 hex>), leases, probes.
 TEMPORARY = re.compile(r"(^|/)(_runs|_tmp[^/]*|_lease\.json|_probe-[^/]*)(/|$)|\.[0-9a-f]{32}$|\.tmp$")
+STAGING = re.compile(r"^out/_runs/[^/]+/staging/[0-9a-f]{32}\.bin$")  # validation's staged images
 
 
 @dataclasses.dataclass
@@ -48,12 +51,15 @@ class World:
     local_root: Path
     client: object
     runs: dict[str, CliResult]  # "s3 build", "local verify", ...
+    translate_requests: list[Request]
     build_requests: list[Request]
     images: dict[str, list[tuple[int, int]]]  # object key -> (offset, size) of each image it holds
+    cells: list[bytes]  # the images the Parquet cells hold (staged by the build)
 
 
-def _make_inputs(root: Path, corpus_captions: list[list[str]]) -> dict[str, list[tuple[int, int]]]:
-    """The three sources under root/inputs; returns where each image lies, by object key."""
+def _make_inputs(root: Path, corpus_captions: list[list[str]]) -> tuple[dict[str, list[tuple[int, int]]], list[bytes]]:
+    """The four sources under root/inputs; returns where each image lies, by object key, and the
+    images the Parquet cells hold."""
     sample = require_coco_sample()
     names = sorted(p.name for p in (sample / "images").glob("*.jpg"))
     extents: dict[str, list[tuple[int, int]]] = {}
@@ -94,7 +100,14 @@ def _make_inputs(root: Path, corpus_captions: list[list[str]]) -> dict[str, list
         with tarfile.open(path) as tar:
             extents[path.relative_to(root).as_posix()] = [(m.offset_data, m.size) for m in tar.getmembers()
                                                           if m.name.endswith(".jpg")]
-    return extents
+
+    first = COCO_IMAGES + PARQUET_IMAGES + TAR_IMAGES
+    cells = [(sample / "images" / name).read_bytes() for name in names[first:first + CELL_IMAGES]]
+    (root / "inputs/cells").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [f"c{i}" for i in range(CELL_IMAGES)],
+                             "captions": corpus_captions[PARQUET_IMAGES + TAR_IMAGES:][:CELL_IMAGES],
+                             "jpg": cells}), root / "inputs/cells/rows.parquet", row_group_size=4)
+    return extents, cells
 
 
 def _config(path: Path, root: str, endpoint: str) -> Path:
@@ -106,7 +119,9 @@ def _config(path: Path, root: str, endpoint: str) -> Path:
                    "images": f"{root}/inputs/coco/images"},
                   {"name": "rows", "type": "parquet", "files": f"{root}/inputs/parquet/*.parquet", "id_column": "id",
                    "caption_column": "captions", "image_path_column": "path"},
-                  {"name": "wds", "type": "webdataset", "urls": f"{root}/inputs/wds/*.tar"}]}
+                  {"name": "wds", "type": "webdataset", "urls": f"{root}/inputs/wds/*.tar"},
+                  {"name": "cells", "type": "parquet", "files": f"{root}/inputs/cells/*.parquet", "id_column": "id",
+                   "caption_column": "captions", "image_column": "jpg"}]}
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -114,12 +129,12 @@ def _config(path: Path, root: str, endpoint: str) -> Path:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("object-store")
-    pairs, captions = make_corpus(tmp, PARQUET_IMAGES + TAR_IMAGES)
+    pairs, captions = make_corpus(tmp, PARQUET_IMAGES + TAR_IMAGES + CELL_IMAGES)
     local = tmp / "local"
-    images = _make_inputs(local, captions)
+    images, cells = _make_inputs(local, captions)
     with contextlib.ExitStack() as stack:
         endpoint = stack.enter_context(moto_server())
-        proxy = stack.enter_context(CountingProxy(endpoint))
+        proxy = stack.enter_context(CountingProxy(endpoint, keep_body=lambda key: bool(STAGING.match(key))))
         client = s3_client(endpoint)
         client.create_bucket(Bucket=BUCKET)
         upload_tree(client, local / "inputs", BUCKET, "inputs")
@@ -130,13 +145,15 @@ def world(tmp_path_factory) -> Iterator[World]:
                    "local": (_config(tmp / "local.yaml", str(local), url), [], str(local / "out"))}
         runs, marks = {}, {}
         for where, (config, flags, out) in configs.items():  # cwd=tmp: a path taken for a local one lands there
+            marks[f"{where} translate"] = len(proxy.requests)
             runs[f"{where} translate"] = run_cli("translate", config, *flags, cwd=tmp)
             marks[f"{where} build"] = len(proxy.requests)
             runs[f"{where} build"] = run_cli("build", config, *flags, cwd=tmp)
             marks[f"{where} verify"] = len(proxy.requests)
             runs[f"{where} verify"] = run_cli("verify", out, *flags, cwd=tmp)
             runs[f"{where} report"] = run_cli("report", out, *flags, cwd=tmp)
-        yield World(local, client, runs, proxy.requests[marks["s3 build"]:marks["s3 verify"]], images)
+        yield World(local, client, runs, proxy.requests[marks["s3 translate"]:marks["s3 build"]],
+                    proxy.requests[marks["s3 build"]:marks["s3 verify"]], images, cells)
 
 
 def _shown(run: CliResult) -> str:
@@ -165,10 +182,11 @@ def test_translate_build_verify_report_all_succeed_on_s3(world):
     for command in ("translate", "build", "verify", "report"):
         _succeeded(world, f"s3 {command}")
     stats = json.loads(world.client.get_object(Bucket=BUCKET, Key="out/stats.json")["Body"].read())
-    assert set(stats["sources"]) == {"coco", "rows", "wds"}
-    for source, images in (("coco", COCO_IMAGES), ("rows", PARQUET_IMAGES), ("wds", TAR_IMAGES)):
+    assert set(stats["sources"]) == {"coco", "rows", "wds", "cells"}
+    for source, images in (("coco", COCO_IMAGES), ("rows", PARQUET_IMAGES), ("wds", TAR_IMAGES),
+                           ("cells", CELL_IMAGES)):
         assert stats["sources"][source]["images"]["read"] == images, stats["sources"][source]
-    assert stats["images"]["written"] == COCO_IMAGES + PARQUET_IMAGES + TAR_IMAGES
+    assert stats["images"]["written"] == COCO_IMAGES + PARQUET_IMAGES + TAR_IMAGES + CELL_IMAGES
     assert stats["translation"]["cache_hits_accepted"] > 0  # the store on s3 was filled, then read
     assert "OK" in world.runs["s3 verify"].stdout
     assert "| train |" in world.runs["s3 report"].stdout  # the report, read back from s3 and printed
@@ -200,51 +218,67 @@ def test_no_temporary_object_is_left_in_the_bucket(world):
         _succeeded(world, f"s3 {command}")
     keys = list_keys(world.client, BUCKET)
     print("objects in the bucket:", {top: sum(k.startswith(top + "/") for k in keys) for top in ("inputs", "store", "out")})
-    assert any(k.startswith("store/part-") for k in keys) and "out/_SUCCESS" in keys
+    assert any(k.startswith("store/fingerprint=") for k in keys) and "out/_SUCCESS" in keys
     assert [k for k in keys if TEMPORARY.search(k)] == []
 
 
-def image_read_bytes(requests: list[Request], images: dict[str, list[tuple[int, int]]]) -> dict[str, dict]:
+def image_read_bytes(requests: list[Request], images: dict[str, list[tuple[int, int]]],
+                     cells: list[bytes]) -> dict[str, dict]:
     """Per source folder: bytes the server sent for image reads, and the image bytes they were for.
 
     An image read is a GET starting at an image's first byte. What it was for: with a bounded Range,
     every image inside it (neighbours fetched in one request); open-ended (bytes=S-, or no Range),
     the image at S alone. A GET starting inside an image continues an earlier read: its bytes count,
     it wants nothing new. GETs starting elsewhere (a source scanning a tar from byte 0) are no image
-    reads."""
+    reads. A GET of a staging object (validation's copies of the Parquet cells, at offsets only the
+    run knew) counts for the cells' source, and was for the cell images its body holds whole."""
     totals: dict[str, dict] = {}
     for r in requests:
-        if r.method != "GET" or r.bucket != BUCKET or r.key not in images or r.status not in (200, 206):
+        if r.method != "GET" or r.bucket != BUCKET or r.status not in (200, 206):
             continue
-        start, end = r.range_start, r.range_end
-        inside = [(o, n) for o, n in images[r.key] if o <= start < o + n]
-        if not inside:
+        if STAGING.match(r.key):
+            wanted = [(i, len(cell)) for i, cell in enumerate(cells) if cell in r.body]
+            folder = "inputs/cells"
+        elif r.key in images:
+            start, end = r.range_start, r.range_end
+            inside = [(o, n) for o, n in images[r.key] if o <= start < o + n]
+            if not inside:
+                continue
+            wanted = [((r.key, o), n) for o, n in images[r.key] if start <= o and o + n <= end] if end is not None \
+                else [((r.key, o), n) for o, n in inside if o == start]
+            folder = r.key.rsplit("/", 2)[0] if "/images/" in r.key else r.key.rsplit("/", 1)[0]
+        else:
             continue
-        wanted = [(o, n) for o, n in images[r.key] if start <= o and o + n <= end] if end is not None \
-            else [(o, n) for o, n in inside if o == start]
-        kind = totals.setdefault(r.key.rsplit("/", 2)[0] if "/images/" in r.key else r.key.rsplit("/", 1)[0],
-                                 {"sent": 0, "wanted": 0, "reads": 0, "images": set()})
+        kind = totals.setdefault(folder, {"sent": 0, "wanted": 0, "reads": 0, "images": set()})
         kind["sent"] += r.body_bytes
         kind["wanted"] += sum(n for _, n in wanted)
         kind["reads"] += len(wanted)
-        kind["images"].update((r.key, o) for o, _ in wanted)
+        kind["images"].update(image for image, _ in wanted)
     return totals
 
 
 def test_image_reads_download_at_most_one_and_a_half_times_the_image(world):
     """The shard writer (and validation) read images as exact byte ranges: on a tar source that is
-    the member's range (or neighbours' merged), not the rest of the tar. Counted at the server, for
-    the s3 build."""
+    the member's range (or neighbours' merged), not the rest of the tar; a Parquet cell is read from
+    its staged copy, once. Counted at the server, for the s3 build."""
     _succeeded(world, "s3 build")
-    totals = image_read_bytes(world.build_requests, world.images)
+    totals = image_read_bytes(world.build_requests, world.images, world.cells)
     shown = {kind: f"{t['sent'] / max(1, t['wanted']):.2f}x over {t['reads']} image reads ({t['sent']:,} bytes "
                    f"sent for {t['wanted']:,})" for kind, t in sorted(totals.items())}
     print("bytes downloaded per image byte read:", json.dumps(shown, indent=2))
-    assert set(totals) == {"inputs/coco", "inputs/parquet", "inputs/wds"}, shown
+    assert set(totals) == {"inputs/coco", "inputs/parquet", "inputs/wds", "inputs/cells"}, shown
     for kind, t in totals.items():
-        assert len(t["images"]) == sum(len(images) for key, images in world.images.items()
-                                       if key.startswith(kind + "/")), f"{kind}: some images never read: {shown}"
+        expected = len(world.cells) if kind == "inputs/cells" else \
+            sum(len(images) for key, images in world.images.items() if key.startswith(kind + "/"))
+        assert len(t["images"]) == expected, f"{kind}: some images never read: {shown}"
         assert t["sent"] <= 1.5 * t["wanted"], shown
+    assert totals["inputs/cells"]["reads"] == CELL_IMAGES, shown  # each staged image read once, by the shard writer
+
+
+def test_translate_stages_nothing(world):
+    """translate validates images too, but writes no shards: it must not write (or read) staged copies."""
+    _succeeded(world, "s3 translate")
+    assert world.translate_requests and not [r for r in world.translate_requests if "/staging/" in r.key]
 
 
 def test_s3_paths_are_refused_in_one_line_without_options_or_without_a_server(tmp_path):

@@ -1,12 +1,14 @@
 """Images are read once where they can be: a tar's image bytes go from the parse step into validation
 (no second read), the shard writer reads exact byte ranges (adjacent members of one file in one
-request, each needed Parquet row group's image column once), a source image deleted or changed
-after validation is a counted rejection in a build that still completes balanced, and Parquet image
-bytes are not carried past the source step.
+request), images that no byte range of their source holds (Parquet cells, members of a compressed
+tar) are staged once by validation and read once from the staging file, a source image deleted or
+changed after validation is a counted rejection in a build that still completes balanced, and
+Parquet image bytes are not carried past the source step.
 
 Reads are counted by a Beam FileSystem for the scheme `counted://` (a local file underneath), which
 records every read made through it: the sources and the image reader both go through FileSystems for
-a scheme that is neither local, S3 nor GCS.
+a scheme that is neither local, S3 nor GCS. Staged images (local files in the run folder) are
+counted at the image reader (`RangeReader.read`) and at the staging writer.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import io
 import itertools
 import json
 import os
+import re
 import tarfile
 import threading
 import urllib.parse
@@ -32,15 +35,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
 
+from pipeline import build
 from pipeline.verify import iter_tar_samples, verify_output
 from schemas.config import ParquetSource
 from schemas.records import ImageRef
-from tests.helpers import COCO_SAMPLE, copy_images, require_coco_sample, run_build, write_config
+from tests.helpers import COCO_SAMPLE, copy_images, require_coco_sample, run_build, write_config, write_staged_sources
 from tests.hostile import rejects
-from transforms import shard_writer
+from transforms import shard_writer, staging
 from transforms.image_io import MAX_REQUEST, MERGE_GAP, ImageChanged, ImageFetcher, plan_requests
 from transforms.range_reader import NotARegularFile, RangeReader
 from transforms.sources import ReadSource
+from transforms.staging import StagingWriter
+from transforms.validate import ValidateRecord
 
 IMAGES = sorted(p.name for p in (COCO_SAMPLE / "images").glob("*.jpg"))
 CAPTION = "A man rides a bicycle down a busy city street."
@@ -188,21 +194,39 @@ def test_requests_are_exact_ranges_merged_only_where_adjacent():
     far = ImageRef("s3://b/x.tar", 10**6, 500)  # another image lies between
     other = ImageRef("s3://b/y.tar", 512, 300)
     whole = ImageRef("gs://b/img.jpg")
-    cells = [ImageRef("s3://b/p.parquet", column="jpg", row_group=g, row=r) for g, r in ((1, 5), (0, 2), (1, 0))]
-    inline = ImageRef("s3://b/z.tar.gz", inline=b"bytes")
-    ready, requests = plan_requests([far, b, a, other, whole, inline, *cells])
-    assert ready == [(5, b"bytes")]
+    staged = [ImageRef("s3://b/out/_runs/r/staging/u.bin", o, n, origin=f"p.parquet: row {i}")
+              for i, (o, n) in enumerate(((0, 700), (700, 900), (10_000, 100)))]  # two back to back
+    requests = plan_requests([far, b, a, other, whole, *staged])
     spans = {(r.uri, r.start, r.length): sorted(i for i, _ in r.members) for r in requests}
     assert spans == {
         ("s3://b/x.tar", 512, 1000 + 1536 + 2000): [1, 2],
         ("s3://b/x.tar", 10**6, 500): [0],
         ("s3://b/y.tar", 512, 300): [3],
         ("gs://b/img.jpg", 0, -1): [4],
-        ("s3://b/p.parquet", -1, -1): [6, 7, 8],  # one request per Parquet file, all its cells
+        ("s3://b/out/_runs/r/staging/u.bin", 0, 1600): [5, 6],
+        ("s3://b/out/_runs/r/staging/u.bin", 10_000, 100): [7],
     }
     # A merged request never grows past MAX_REQUEST.
     run = [ImageRef("s3://b/big.tar", i * (MAX_REQUEST // 2), MAX_REQUEST // 2) for i in range(4)]
-    assert [(r.start, r.length) for r in plan_requests(run)[1]] == [(0, MAX_REQUEST), (MAX_REQUEST, MAX_REQUEST)]
+    assert [(r.start, r.length) for r in plan_requests(run)] == [(0, MAX_REQUEST), (MAX_REQUEST, MAX_REQUEST)]
+    # An image only its origin names has no bytes to read: reaching a reader unstaged is a bug, not a rejection.
+    with pytest.raises(ValueError, match="p.parquet: row 9"):
+        plan_requests([a, ImageRef(origin="p.parquet: row 9")])
+
+
+def test_a_staging_file_opens_at_its_first_image_and_rolls_over_past_its_limit(tmp_path, monkeypatch):
+    folder = tmp_path / "staging"
+    empty = StagingWriter(str(folder))
+    empty.close()
+    assert not folder.exists()  # a bundle without such images writes nothing (S3 refuses empty objects)
+    monkeypatch.setattr(staging, "MAX_FILE_BYTES", 2500)
+    writer = StagingWriter(str(folder))
+    refs = [writer.stage(ImageRef(origin=f"image {i}"), bytes([i]) * 1000) for i in range(3)]
+    writer.close()
+    assert [(r.origin, r.offset, r.length) for r in refs] == [("image 0", 0, 1000), ("image 1", 1000, 1000),
+                                                              ("image 2", 0, 1000)]
+    assert refs[0].uri == refs[1].uri != refs[2].uri and len(list(folder.iterdir())) == 2
+    assert dict(ImageFetcher().fetch(refs)) == {i: bytes([i]) * 1000 for i in range(3)}
 
 
 def test_local_reads_are_exact_and_refuse_what_is_not_a_regular_file(tmp_path):
@@ -225,25 +249,137 @@ def test_local_reads_are_exact_and_refuse_what_is_not_a_regular_file(tmp_path):
     assert isinstance(fetched[1], FileNotFoundError) and isinstance(fetched[2], ImageChanged)
 
 
-def test_parquet_cells_are_read_per_file_once_and_only_their_column(tmp_path):
-    rows = 12
-    blobs = [image_bytes(i) for i in range(rows)]
-    path = tmp_path / "rows.parquet"
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(rows)], "caption": [CAPTION] * rows,
-                             "big": [os.urandom(300_000) for _ in range(rows)], "jpg": blobs}), path,
-                   row_group_size=4)
-    uri = CountedFileSystem.PREFIX + str(path)
-    wanted = [(0, 1), (2, 3), (0, 2), (2, 0)]  # rows of row groups 0 and 2; group 1 is not needed
-    fetcher = ImageFetcher(threads=2)
-    got = dict(fetcher.fetch([ImageRef(uri, column="jpg", row_group=g, row=r) for g, r in wanted]))
-    fetcher.close()
-    assert [got[i] for i in range(len(wanted))] == [blobs[g * 4 + r] for g, r in wanted]
-    assert len({r.opened for r in CountedFileSystem.reads}) == 1  # the file opened once for all four
-    meta = pq.ParquetFile(path).metadata
-    image_chunks = sum(meta.row_group(g).column(3).total_compressed_size for g in (0, 2))
-    footer = path.stat().st_size - meta.row_group(meta.num_row_groups - 1).column(3).file_offset
-    assert sum(r.size for r in CountedFileSystem.reads) <= image_chunks + footer + (64 << 10)
-    assert sum(r.size for r in CountedFileSystem.reads) < path.stat().st_size / 3  # not the "big" column
+@dataclasses.dataclass
+class StagingSpy:
+    """What validation staged (the refs the staging writer returned) and what the image reader read."""
+
+    staged: list[ImageRef] = dataclasses.field(default_factory=list)
+    reads: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)  # (uri, offset, bytes read)
+
+    def times_read(self) -> Counter:
+        """For each staged image, how many reads of its staging file covered it."""
+        return Counter({ref: sum(uri == ref.uri and offset <= ref.offset and ref.offset + ref.length <= offset + n
+                                 for uri, offset, n in self.reads) for ref in self.staged})
+
+    def staging_bytes_read(self) -> int:
+        files = {ref.uri for ref in self.staged}
+        return sum(n for uri, _, n in self.reads if uri in files)
+
+
+@pytest.fixture
+def spy(monkeypatch) -> StagingSpy:
+    found = StagingSpy()
+    stage, read = StagingWriter.stage, RangeReader.read
+
+    def staging(self, ref, data):
+        staged = stage(self, ref, data)
+        found.staged.append(staged)
+        return staged
+
+    def reading(self, uri, offset=0, length=-1):
+        data = read(self, uri, offset, length)
+        found.reads.append((uri, offset, len(data)))
+        return data
+
+    monkeypatch.setattr(StagingWriter, "stage", staging)
+    monkeypatch.setattr(RangeReader, "read", reading)
+    return found
+
+
+def staged_images(n: int, bad: int = -1) -> list[tuple[bytes, str]]:
+    """n distinct real images with a caption each; image `bad` is not an image."""
+    return [(b"not an image, " * 100 if i == bad else image_bytes(i), f"{CAPTION} ({i})") for i in range(n)]
+
+
+def test_parquet_cells_and_compressed_tar_members_are_staged_once_and_read_once(tmp_path, spy):
+    """Parquet images in row groups of 8 rows and the members of a .tar.gz, written in shards of 3
+    drawn from all over the dataset: each source is read once, by its source step; each valid image
+    is staged once and read once by the shard writer, with an exact range, never from its source
+    (reading the cells again would read each touched row group's image column once per shard)."""
+    images = staged_images(32, bad=3)
+    folder = tmp_path / "in"
+    sources = write_staged_sources(folder, images, row_group_size=8, prefix=CountedFileSystem.PREFIX)
+    stats = run_build(write_config(tmp_path, sources, {**PLAN, "shard_size": 3}), allow_missing=True)
+    out = tmp_path / "out"
+    assert stats["images"]["balanced"] and stats["images"]["rejected"] == {"image_undecodable": 1}
+    assert stats["images"]["written"] == 31 and verify_output(str(out)) == []
+    written = {members["jpg"] for t in out.glob("*/*.tar") for _, members in iter_tar_samples(t.read_bytes())}
+    assert written == {data for i, (data, _) in enumerate(images) if i != 3}  # the original bytes
+
+    # Staged: each valid image once (the undecodable one never), in this run's folder, named by its origin.
+    assert len(spy.staged) == 31 and {ref.length for ref in spy.staged} <= {len(d) for d, _ in images}
+    staging_file = re.compile(re.escape(str(out)) + r"/_runs/[^/]+/staging/[0-9a-f]{32}\.bin")
+    assert all(staging_file.fullmatch(ref.uri) for ref in spy.staged), spy.staged
+    origins = sorted(ref.origin.rsplit("/", 1)[1] for ref in spy.staged)
+    assert origins[0] == "part-000000.tar.gz: member z0.jpg"
+    assert origins[-1] == "rows.parquet: row group 1, row 7, column jpg"
+    # Read back once each, exactly: the staging bytes read are the staged images' bytes, no more.
+    assert spy.times_read() == {ref: 1 for ref in spy.staged}
+    assert spy.staging_bytes_read() == sum(ref.length for ref in spy.staged)
+    # The sources: read once, by the source step only (a footer read per open aside).
+    parquet, tgz = folder / "rows.parquet", folder / "part-000000.tar.gz"
+    read_from = Counter()
+    for r in CountedFileSystem.reads:
+        read_from[r.path[len(CountedFileSystem.PREFIX):]] += r.size
+    footer_reads = 3 * (64 << 10)  # pyarrow reads up to 64 KiB of tail per open: the footer check + 2 row groups
+    assert 0.9 * parquet.stat().st_size < read_from[str(parquet)] <= parquet.stat().st_size + footer_reads
+    assert read_from[str(tgz)] == tgz.stat().st_size
+    assert not (out / "_runs").exists()  # the staging files went with the run folder, after _SUCCESS
+
+
+class _RetriedBundles(ValidateRecord):
+    """Every bundle runs twice: first an attempt that stages its images, closes its files and is then
+    lost (as when a worker dies before the bundle commits: the runner never hands its outputs on),
+    then the attempt that commits."""
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self.lost = ValidateRecord(self.rules, self.staging)
+        self.lost.setup()
+        self.lost.start_bundle()
+
+    def process(self, record):
+        list(self.lost.process(record))
+        yield from super().process(record)
+
+    def finish_bundle(self) -> None:
+        self.lost.finish_bundle()
+        self.lost.teardown()
+        super().finish_bundle()
+
+
+def test_a_retried_bundles_staging_leaves_no_trace_in_the_output(tmp_path, spy, monkeypatch):
+    sources = write_staged_sources(tmp_path / "in", staged_images(12), row_group_size=6)
+    config = write_config(tmp_path, sources, {**PLAN, "shard_size": 4})
+    out = tmp_path / "out"
+    staging_files: dict[str, list[int]] = {}  # by run: sizes of the staging files there while its shards are written
+    original = shard_writer.spooled
+
+    def list_staging_then(fetcher, refs):
+        for run in out.glob("_runs/*"):
+            staging_files[run.name] = [p.stat().st_size for p in run.glob("staging/*.bin")]
+        return original(fetcher, refs)
+
+    monkeypatch.setattr(shard_writer, "spooled", list_staging_then)
+    run_build(config, True)
+    once = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    committed = len(spy.staged)
+    monkeypatch.setattr(build, "ValidateRecord", _RetriedBundles)
+    run_build(config, True)
+    again = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    assert committed == 12 and len(spy.staged) == committed * 3  # the second build staged everything twice
+    plain, retried = staging_files.values()
+    assert len(retried) == 2 * len(plain) > 0  # one file per bundle, then one more per lost attempt
+    assert sum(retried) == 2 * sum(plain)  # the lost attempts' files are complete, and still there
+    lost = spy.staged[committed:][::2]  # the lost attempt staged each record just before the committing one
+    assert all(spy.times_read()[ref] == 0 for ref in lost)  # the shard writer never read the lost copies
+    assert sorted(spy.times_read().values()) == [0] * 12 + [1] * 24
+    # The output: byte for byte what the build without a retry wrote (only _SUCCESS names its run).
+    assert once.pop("_SUCCESS") != again.pop("_SUCCESS")
+    assert again == once and any(name.endswith(".tar") for name in again)
+    assert not (out / "_runs").exists() and not (out / "_lease.json").exists()
+    assert not [name for name, data in again.items() if b"_runs/" in data]  # no staging file named
 
 
 def test_an_image_deleted_or_changed_after_validation_is_a_counted_rejection(tmp_path, monkeypatch):
@@ -263,8 +399,9 @@ def test_an_image_deleted_or_changed_after_validation_is_a_counted_rejection(tmp
                {"name": "pq", "type": "parquet", "files": str(rows_path), "id_column": "id", "image_column": "jpg"}]
 
     # Between validation and writing (the shard grouping lies between them): one COCO image is
-    # deleted, one rewritten with other bytes, the tar cut short inside its image, and the Parquet
-    # file rewritten with its second row's image replaced.
+    # deleted, one rewritten with other bytes, the tar cut short inside its image, the Parquet file
+    # rewritten with both images replaced (it is not read again: its images were staged), and the
+    # staged copy of its second row's image overwritten.
     original = shard_writer.spooled
     changed = threading.Event()
 
@@ -275,7 +412,12 @@ def test_an_image_deleted_or_changed_after_validation_is_a_counted_rejection(tmp
             (coco / "images" / IMAGES[1]).write_bytes(image_bytes(9))
             tar_path.write_bytes(tar_path.read_bytes()[:extents["t.jpg"][0] + 100])
             pq.write_table(pa.table({"id": ["p1", "p2"], "caption": [CAPTION] * 2,
-                                     "jpg": [image_bytes(7), image_bytes(10)]}), rows_path)
+                                     "jpg": [image_bytes(10), image_bytes(11)]}), rows_path)
+            staging_files = tmp_path.glob("out/_runs/*/staging/*.bin")
+            (staged,) = [f for f in staging_files if image_bytes(8) in f.read_bytes()]
+            data = staged.read_bytes()
+            at = data.index(image_bytes(8))
+            staged.write_bytes(data[:at] + bytes(64) + data[at + 64:])
         return original(fetcher, refs)
 
     monkeypatch.setattr(shard_writer, "spooled", change_sources_then)
@@ -291,6 +433,10 @@ def test_an_image_deleted_or_changed_after_validation_is_a_counted_rejection(tmp
     assert stats["images"]["written"] == 5 and stats["images"]["rejected"] == {"image_changed": 3,
                                                                                 "image_missing_at_write": 1}
     assert written_keys(out) == {"coco_2", "coco_3", "coco_4", "coco_5", "pq_p1"}
+    (p1,) = [m["jpg"] for t in out.glob("*/*.tar") for key, m in iter_tar_samples(t.read_bytes()) if key == "pq_p1"]
+    assert p1 == image_bytes(7)  # as validated and staged
+    (p2,) = [r["detail"] for r in rejects(out) if r["key"] == "pq_p2"]
+    assert p2 == f"{rows_path}: row group 0, row 1, column jpg: the bytes differ from those validated"
     index = json.loads((out / "train.index.json").read_text())
     assert sum(e["nsamples"] for e in index["shardlist"]) == 5
     assert verify_output(str(out)) == []  # the shards' keys agree with the manifest, gaps and all
@@ -306,9 +452,8 @@ def test_parquet_image_bytes_ride_to_validation_only_not_in_the_reference(tmp_pa
         found = {r.source_id: r for r in records}
         assert set(found) == {"a", "b", "c"}
         for i, source_id in enumerate("abc"):
-            image = found[source_id].image
-            assert image.inline is None and image.uri == str(path) and image.column == "jpg"
-            assert (image.row_group, image.row) == divmod(i, 2)
+            image = found[source_id].image  # no byte range of the file holds a cell: named, for staging
+            assert not image.addressable and image.origin == f"{path}: row group {i // 2}, row {i % 2}, column jpg"
             assert found[source_id].data == blobs[i]  # for validation, fused right after the source
 
     with test_pipeline.TestPipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:

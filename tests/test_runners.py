@@ -166,9 +166,7 @@ def test_model_weights_from_a_bucket_are_copied_once_per_machine(tmp_path):
 def test_a_managed_vllm_server_serves_weights_from_a_bucket(tmp_path):
     """The real vLLM server, its weights on an S3-compatible server: the pipeline copies them to the
     machine, starts vLLM on the copy under the configured name, and translates."""
-    import pyarrow.parquet as pq
-
-    from tests.helpers import caption_parquet_source
+    from tests.helpers import caption_parquet_source, read_store_rows
     from tests.object_store import moto_server, s3_client, s3_flags, upload_tree
     from tests.test_vllm_translate import PLAN, captions_from, references
     from tests.vllm_support import SERVER_ARGS, VLLM_PYTHON, tiny_translator
@@ -188,7 +186,7 @@ def test_a_managed_vllm_server_serves_weights_from_a_bucket(tmp_path):
     assert "--served-model-name s3://weights/tiny" in done.stderr  # the launch line, logged
     copies = list((tmp_path / "florenz-weights").glob("*/_COMPLETE"))
     assert len(copies) == 1 and (copies[0].parent / "config.json").read_bytes() == (model / "config.json").read_bytes()
-    rows = pq.read_table(tmp_path / "store").to_pylist()
+    rows = read_store_rows(tmp_path / "store")
     expected = references(model)
     assert len(rows) == 16 and all(r["status"] == "accepted" for r in rows)
     assert all(r["translation"] == expected[(r["source_text"], r["lang"])] for r in rows)

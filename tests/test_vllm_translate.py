@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.verify import iter_tar_samples, verify_output
-from tests.helpers import PAPER_PLAN, caption_parquet_source, write_config
+from tests.helpers import PAPER_PLAN, caption_parquet_source, read_store_rows, store_part_files, write_config
 from tests.vllm_support import memorized_pairs, requests_received, serve, tiny_translator
 
 PLAN = {**PAPER_PLAN, "languages": ["en", "de", "fr"], "caption_languages": ["en", "de"],
@@ -72,10 +72,6 @@ def run_pipeline(config_path: Path, translate_only: bool = False) -> dict:
     return json.loads(Path(config.output, name).read_text())
 
 
-def stored(store: Path) -> list[dict]:
-    return [r for part in sorted(store.glob("part-*.parquet")) for r in pq.read_table(part).to_pylist()]
-
-
 def test_run_translates_with_real_vllm_and_builds_shards_then_translates_nothing_again(tmp_path, trained):
     model, url = trained
     captions = captions_from(model, 24)
@@ -98,7 +94,7 @@ def test_run_translates_with_real_vllm_and_builds_shards_then_translates_nothing
                     assert a["lang"] in ("en", "de")
     assert stats["splits"]["train"]["missing_translation"] == {}
     assert verify_output(str(out)) == []
-    assert {r["status"] for r in stored(tmp_path / "store")} == {"accepted"}
+    assert {r["status"] for r in read_store_rows(tmp_path / "store")} == {"accepted"}
     shards = {p.name: p.read_bytes() for p in out.glob("*/*.tar")}
 
     before = requests_received(url)
@@ -117,7 +113,7 @@ def test_untrained_model_output_is_rejected_with_reasons_and_can_be_retried(tmp_
     assert sum(rejected.values()) == 24 and summary["retried"] == 24 and summary["sent"] == 48
     assert set(rejected) <= {f"rejected_{r}" for r in ("empty", "multiple_lines", "copy_of_source", "wrong_script",
                                                        "wrong_language", "length_ratio", "repetition")}
-    rows = stored(tmp_path / "store")
+    rows = read_store_rows(tmp_path / "store")
     assert len(rows) == 24 and all(r["status"] == "rejected" and r["reason"] for r in rows)
     # Rejections are final until asked: a re-run sends nothing, --retry-rejected sends them again.
     assert run_pipeline(config, translate_only=True) == {"cache_hits_rejected": 24, "requested": 24}
@@ -132,31 +128,33 @@ def test_killed_translation_resumes_and_resends_at_most_the_batches_in_flight(tm
     reference_dir.mkdir()
     killed_dir.mkdir()
     run_pipeline(config_for(reference_dir, model, url, captions, batch_size=8), translate_only=True)
-    expected = sorted((r["text_hash"], r["lang"], r["translation"]) for r in stored(reference_dir / "store"))
+    expected = sorted((r["text_hash"], r["lang"], r["translation"]) for r in read_store_rows(reference_dir / "store"))
     assert len(expected) == 256
 
-    config = config_for(killed_dir, model, url, captions, batch_size=8)
+    config = config_for(killed_dir, model, url, captions, batch_size=8, max_in_flight=8)
     before = requests_received(url)
     proc = subprocess.Popen([CLI, "translate", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 300
-    while len(list((killed_dir / "store").glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+    while len(store_part_files(killed_dir / "store")) < 3 and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it was killed"
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(2)  # let the server finish what was in flight, so its counter is complete
     sent_before_kill = requests_received(url) - before
-    parts = list((killed_dir / "store").glob("part-*.parquet"))
-    stored_before_kill = len(stored(killed_dir / "store"))
+    parts = store_part_files(killed_dir / "store")
+    stored_before_kill = len(read_store_rows(killed_dir / "store"))
     assert 0 < stored_before_kill < 256 and not list((killed_dir / "store").glob("_tmp/*"))
 
     resumed = run_pipeline(config, translate_only=True)
     assert resumed["cache_hits_accepted"] == stored_before_kill
     assert resumed["translated"] == 256 - stored_before_kill
     resent = sent_before_kill + resumed["sent"] - 256
-    assert 0 <= resent <= 2 * 8, (sent_before_kill, resumed, len(parts))  # at most the batches in flight
-    final = sorted((r["text_hash"], r["lang"], r["translation"]) for r in stored(killed_dir / "store"))
+    # At most the batches in flight: a bundle keeps up to max_in_flight + batch_size requests unanswered,
+    # and submits one more batch when it gets there.
+    assert 0 <= resent <= 8 + 2 * 8, (sent_before_kill, resumed, len(parts))
+    final = sorted((r["text_hash"], r["lang"], r["translation"]) for r in read_store_rows(killed_dir / "store"))
     assert final == expected
 
 
@@ -181,24 +179,54 @@ def test_eval_translator_scores_bleu_chrf_and_rejection_rates(tmp_path, trained)
 
 
 def _vllm_servers_running() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "vllm.entrypoints.openai.api_server" in line and "--host" in line
             and "127.0.0.1" in line and "tiny-translator" in line and "managed-marker" in line]
 
 
-def test_managed_server_is_started_shared_and_stopped_by_the_pipeline(tmp_path):
+def _requests_held(port: int) -> tuple[int, int]:
+    """(running, running + waiting): the requests the server holds, from its own gauges."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    gauge = {name: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+             for name in ("vllm:num_requests_running", "vllm:num_requests_waiting")}
+    running = int(gauge["vllm:num_requests_running"])
+    return running, running + int(gauge["vllm:num_requests_waiting"])
+
+
+def test_managed_server_is_started_once_shared_by_two_processes_within_its_limit_and_stopped(tmp_path):
+    """Two SDK processes share one managed server, and together never hand it more requests than its
+    --max-num-seqs (the default max_in_flight): its own gauges, polled while the run goes, show no
+    request waiting beyond the ones it runs."""
     from tests.vllm_support import SERVER_ARGS, VLLM_PYTHON
 
     model = tiny_translator()
     managed = {"command": [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server"],
-               "args": [*SERVER_ARGS, "--served-model-name", str(model), "managed-marker"],
+               "args": [*SERVER_ARGS, "--max-num-seqs", "4", "--served-model-name", str(model), "managed-marker"],
                "share_across_processes": True}
-    captions = captions_from(model, 4)
+    captions = captions_from(model, 32)  # 64 sentences x 2 languages = 128 requests
     config = write_config(tmp_path, [caption_parquet_source(tmp_path, captions)], PLAN,
                           translator={"model": str(model), "managed": managed, "batch_size": 8})
-    subprocess.run([CLI, "translate", str(config)], check=True, capture_output=True, timeout=900)
+    log = tmp_path / "translate.log"
+    with open(log, "w") as out:
+        run = subprocess.Popen([CLI, "translate", str(config), "--direct_num_workers", "2",
+                                "--direct_running_mode", "multi_processing"], stdout=out, stderr=subprocess.STDOUT)
+    servers, running, held = set(), 0, 0
+    while run.poll() is None:
+        for line in _vllm_servers_running():
+            pid, args = line.split(None, 1)
+            servers.add(pid)
+            try:
+                now = _requests_held(int(args.split("--port ", 1)[1].split()[0]))
+            except OSError:  # starting, or stopping
+                continue
+            running, held = max(running, now[0]), max(held, now[1])
+        time.sleep(0.05)
+    assert run.returncode == 0, log.read_text()[-3000:]
     summary = json.loads((tmp_path / "out" / "translation_stats.json").read_text())
-    assert summary["translated"] == 16 and summary["accepted"] == 16
+    assert summary["translated"] == 128 and summary["accepted"] == 128
+    assert len(servers) == 1  # one server for both processes
+    assert 0 < running and held <= 4, (running, held)
     assert _vllm_servers_running() == []  # the worker's server went away with the pipeline
 
 

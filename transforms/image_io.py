@@ -1,16 +1,16 @@
 """Reading the image bytes behind ImageRefs: one image (validation of a COCO or Parquet path), or a
-whole shard's at once (the shard writer), each source file's needed bytes fetched once.
+whole shard's at once (the shard writer), each file's needed bytes fetched once.
 
-For a shard, refs are grouped by source file. Byte ranges of one file (tar members) are sorted and
-neighbours at most MERGE_GAP bytes apart (what lies between two images of a tar: headers and small
-caption members) are merged into one request of at most MAX_REQUEST bytes; Parquet cells are read per
-file, per needed row group, image column only, streaming up to the last needed row; whole files
-are one read each. Requests run on a bounded thread pool with at most 2 x threads in flight, so
-memory holds at most that many requests' bytes.
+Every ref is a byte range of a file (a plain tar's member, a staged image, a whole image file). For a
+shard, refs are grouped by file; byte ranges of one file are sorted and neighbours at most
+MERGE_GAP bytes apart (what lies between two images of a tar: headers and small caption members;
+nothing, between two images staged one after the other) are merged into one request of at most
+MAX_REQUEST bytes; whole files are one read each. Requests run on a bounded thread pool with at most
+2 x threads in flight, so memory holds at most that many requests' bytes.
 
 A ref whose bytes are gone (deleted file or object) fails with FileNotFoundError, one whose file
-changed so that the bytes cannot be where they were (shorter, no longer a regular file or Parquet,
-no such row) with ImageChanged; any other error is raised (a failed request the runner retries).
+changed so that the bytes cannot be where they were (shorter, no longer a regular file) with
+ImageChanged; any other error is raised (a failed request the runner retries).
 """
 from __future__ import annotations
 
@@ -21,15 +21,11 @@ from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterator, Optional, Sequence, Union
 
-import pyarrow.parquet as pq
-
 from schemas.records import ImageRef
 from transforms.range_reader import NotARegularFile, RangeReader
 
 MERGE_GAP = 4096  # a tar's headers + a caption member between two images; more would fetch unused bytes
 MAX_REQUEST = 8 << 20  # one merged request's bytes at most
-PARQUET_BUFFER = 4 << 20  # pyarrow reads a column chunk in pieces of this size (each one ranged GET)
-PARQUET_BATCH = 64  # rows decoded at a time while looking for the needed ones
 SPOOL_MEMORY = 64 << 20  # a shard's fetched images stay in memory up to this, then go to local disk
 
 
@@ -42,8 +38,8 @@ Fetched = Union[bytes, FileNotFoundError, ImageChanged]
 
 @dataclasses.dataclass
 class _Request:
-    """One read: [start, start + length) of a file (length -1: to its end), or the Parquet cells
-    `members` name; serves each member (index into the fetched refs, ref)."""
+    """One read: [start, start + length) of a file (length -1: to its end); serves each member
+    (index into the fetched refs, ref)."""
 
     uri: str
     start: int
@@ -55,20 +51,15 @@ class _Request:
         return self.start + self.length
 
 
-def plan_requests(refs: Sequence[ImageRef]) -> tuple[list[tuple[int, bytes]], list[_Request]]:
-    """(inline images, read requests) for `refs`: ranges of a file sorted and merged where adjacent,
-    one request per Parquet file, one per whole file."""
-    inline: list[tuple[int, bytes]] = []
+def plan_requests(refs: Sequence[ImageRef]) -> list[_Request]:
+    """Read requests for `refs`: ranges of a file sorted and merged where adjacent, one request per
+    whole file."""
     ranges: dict[str, list[tuple[int, ImageRef]]] = defaultdict(list)
-    cells: dict[tuple[str, str], list[tuple[int, ImageRef]]] = defaultdict(list)
     for index, ref in enumerate(refs):
-        if ref.inline is not None:
-            inline.append((index, ref.inline))
-        elif ref.is_parquet_cell:
-            cells[(ref.uri, ref.column)].append((index, ref))
-        else:
-            ranges[ref.uri].append((index, ref))
-    requests = [_Request(uri, -1, -1, members) for (uri, _), members in sorted(cells.items())]
+        if not ref.addressable:
+            raise ValueError(f"{ref.origin}: an image no byte range holds reached a reader unstaged")
+        ranges[ref.uri].append((index, ref))
+    requests: list[_Request] = []
     for uri, members in sorted(ranges.items()):
         current: Optional[_Request] = None
         for index, ref in sorted(members, key=lambda m: (m[1].offset, m[1].length)):
@@ -83,7 +74,7 @@ def plan_requests(refs: Sequence[ImageRef]) -> tuple[list[tuple[int, bytes]], li
             else:
                 current = _Request(uri, ref.offset, ref.length, [(index, ref)])
                 requests.append(current)
-    return inline, requests
+    return requests
 
 
 class ImageFetcher:
@@ -109,8 +100,7 @@ class ImageFetcher:
 
     def fetch(self, refs: Sequence[ImageRef]) -> Iterator[tuple[int, Fetched]]:
         """(index into refs, bytes or why they are gone) for every ref, in completion order."""
-        inline, requests = plan_requests(refs)
-        yield from inline
+        requests = plan_requests(refs)
         if len(requests) <= 1:
             for request in requests:
                 yield from self._run(request)
@@ -131,8 +121,6 @@ class ImageFetcher:
 
     def _run(self, request: _Request) -> list[tuple[int, Fetched]]:
         try:
-            if request.members[0][1].is_parquet_cell:
-                return self._read_cells(request)
             data = self.reader.read(request.uri, request.start, request.length)
         except FileNotFoundError as e:
             return [(index, e) for index, _ in request.members]
@@ -144,49 +132,15 @@ class ImageFetcher:
                 out.append((index, data))
                 continue
             piece = data[ref.offset - request.start:ref.offset - request.start + ref.length]
-            out.append((index, piece if len(piece) == ref.length else ImageChanged(
-                f"{ref.uri}: {len(piece)} of {ref.length} bytes at offset {ref.offset} (the file is shorter now)")))
+            out.append((index, piece if len(piece) == ref.length else _shorter(ref, len(piece))))
         return out
 
-    def _read_cells(self, request: _Request) -> list[tuple[int, Fetched]]:
-        """The cells of one Parquet file: its image column, row group by row group, each read once and
-        only up to the last row needed."""
-        by_group: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for index, ref in request.members:
-            by_group[ref.row_group][ref.row].append(index)
-        column = request.members[0][1].column
-        out: list[tuple[int, Fetched]] = []
-        with self.reader.open(request.uri) as f:
-            try:
-                parquet = pq.ParquetFile(f, pre_buffer=False, buffer_size=PARQUET_BUFFER)
-            except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid is a ValueError
-                return [(index, ImageChanged(f"{request.uri}: no longer readable Parquet ({e})"))
-                        for index, _ in request.members]
-            for group, rows in sorted(by_group.items()):
-                out += self._cells_of_group(parquet, request.uri, column, group, rows)
-        return out
 
-    @staticmethod
-    def _cells_of_group(parquet: pq.ParquetFile, uri: str, column: str, group: int,
-                        rows: dict[int, list[int]]) -> list[tuple[int, Fetched]]:
-        out: list[tuple[int, Fetched]] = []
-        wanted = dict(rows)
-        if group < parquet.num_row_groups and column in parquet.schema_arrow.names:
-            start = 0
-            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, row_groups=[group], columns=[column]):
-                values = batch.column(0)
-                for row in [r for r in wanted if start <= r < start + len(values)]:
-                    value = values[row - start].as_py()
-                    for index in wanted.pop(row):
-                        out.append((index, value if isinstance(value, bytes) else ImageChanged(
-                            f"{uri}: row group {group} row {row}: {column!r} holds no bytes now")))
-                start += len(values)
-                if not wanted:
-                    break
-        for row, indices in wanted.items():
-            out += [(index, ImageChanged(f"{uri}: row group {group} has no row {row} with column {column!r} now"))
-                    for index in indices]
-        return out
+def _shorter(ref: ImageRef, got: int) -> ImageChanged:
+    """A range its file no longer holds whole; a staged copy is named by its origin (its file and
+    offset differ between runs, and the message goes to rejects/)."""
+    where = f"{ref.origin} (its staged copy)" if ref.origin else f"{ref.uri} at offset {ref.offset}"
+    return ImageChanged(f"{where}: {got} of {ref.length} bytes (the file is shorter now)")
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Each run's private folder inside its output: OUTPUT/_runs/<run id>/ holds the run's temporary
-files (tmp/) and, while it finalizes, the earlier shards it is about to remove (superseded.json), so
-two runs never share a temporary name, and a finalize killed midway still knows what to remove.
+files (tmp/), its staged images (staging/, transforms/staging.py) and, while it finalizes, the earlier
+shards it is about to remove (superseded.json), so two runs never share a temporary name, and a
+finalize killed midway still knows what to remove.
 
 Deleting works on object stores too, where a "folder" is a prefix that `exists()` calls absent:
 every object under it is matched and deleted.
@@ -32,6 +33,11 @@ def run_dir(output: str, run_id: str) -> str:
 def run_tmp(output: str, run_id: str) -> str:
     """Temporary names of this run's atomic writes."""
     return join(run_dir(output, run_id), "tmp")
+
+
+def run_staging(output: str, run_id: str) -> str:
+    """This run's staged images: read by its shard writers, gone with the run folder after _SUCCESS."""
+    return join(run_dir(output, run_id), "staging")
 
 
 def files_under(path: str) -> list[str]:

@@ -104,13 +104,15 @@ READ_THREADS = 8  # parallel image reads per DoFn instance
 
 
 def _gone(sample: ShardMember, data: object) -> Optional[Rejection]:
-    """Why a sample's image can no longer be written (deleted or changed since validation), or None."""
+    """Why a sample's image can no longer be written (deleted or changed since validation), or None.
+    The image is named as its source holds it (ImageRef.name), never by a staged copy's run-specific
+    file: the detail goes to rejects/, which must be the same in every run."""
     if isinstance(data, FileNotFoundError):
-        reason, detail = IMAGE_MISSING_AT_WRITE, f"{sample.image.uri}: deleted since validation"
+        reason, detail = IMAGE_MISSING_AT_WRITE, f"{sample.image.name}: deleted since validation"
     elif isinstance(data, ImageChanged):
         reason, detail = IMAGE_CHANGED, str(data)
     elif hashlib.sha256(data).hexdigest() != sample.sha256:
-        reason, detail = IMAGE_CHANGED, f"{sample.image.uri}: the bytes differ from those validated"
+        reason, detail = IMAGE_CHANGED, f"{sample.image.name}: the bytes differ from those validated"
     else:
         return None
     return Rejection(sample.source, sample.key, "image", reason, detail, sample.captions)
@@ -121,11 +123,11 @@ class WriteShard(beam.DoFn):
     image was deleted or changed since validation is left out (its position stays a gap) and goes
     to the WRITE_REJECTED output as a Rejection.
 
-    The shard's images are fetched first, each source file's bytes once (image_io: ranges merged
-    per file, a pool of READ_THREADS, one client per DoFn instance), then written in position
-    order. The tar is written with the standard library, in webdataset's layout (members of a sample
-    adjacent, extensions in sorted order, USTAR): importing webdataset would import torch into every
-    worker (~500 MiB each) for a writer that needs none of it."""
+    The shard's images are fetched first, each as an exact byte range of a source file or of a
+    staging file (image_io: ranges merged per file, a pool of READ_THREADS, one client per DoFn
+    instance), then written in position order. The tar is written with the standard library, in
+    webdataset's layout (members of a sample adjacent, extensions in sorted order, USTAR): importing
+    webdataset would import torch into every worker (~500 MiB each) for a writer that needs none of it."""
 
     def __init__(self, output: str, run_id: str):
         self.output, self.run_id = output, run_id

@@ -81,8 +81,7 @@ def confine(record: SourceOutput, root: str, allow_outside: bool) -> SourceOutpu
     if isinstance(record, Rejection):
         return record
     image = record.image
-    if allow_outside or image is None or image.inline is not None or image.is_parquet_cell \
-            or is_within(root, image.uri):
+    if allow_outside or image is None or not image.addressable or is_within(root, image.uri):
         return record
     return Rejection(record.source, record.key, "image", OUTSIDE_ROOT,
                      f"{image.uri} is outside the source's root {root} (set allow_outside_root: true to allow)",

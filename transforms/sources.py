@@ -3,10 +3,11 @@ WebDataset tars, Parquet.
 
 Each source PTransform yields a dict with `records` (SourceRecord, tagged with the source name) and
 `rejected` (Rejection, for inputs a source can already tell are unusable). Images are referenced,
-not carried: a tar member by its byte range, a Parquet image cell by (file, row group, row), a path
-as it is; the shard writer reads the bytes again. What a source has read anyway (a tar member's
-bytes, a Parquet cell) rides along to validation, which runs fused right after the source, and no
-further.
+not carried: a plain tar's member by its byte range, a path as it is; the shard writer reads the
+bytes again. What a source has read anyway (a tar member's bytes, a Parquet cell) rides along to
+validation, which runs fused right after the source, and no further; an image that no byte range of
+its file holds (a Parquet cell, a compressed tar's member) is named only by its origin, and
+validation stages it (transforms/staging.py).
 
 What a source does with a bad input, by kind:
 - a bad *record* (a COCO image entry without id, a row with a null id, a tar member that cannot be
@@ -117,8 +118,9 @@ def parse_webdataset_tar(spec: WebDatasetSource, url: str) -> Iterator[SourceOut
 
     Each image member is read here, once: its bytes go along to validation (SourceRecord.data). The
     record refers to the image by byte range in a plain tar (the shard writer reads that range
-    again); members of a compressed tar have no cheap random access, so there the reference carries
-    the bytes inline. An image member that the break cuts short is `image_unreadable`."""
+    again); a compressed tar has no byte ranges to refer to, so there the reference only names the
+    member and validation stages the bytes. An image member that the break cuts short is
+    `image_unreadable`."""
     caption_ext = "txt" if spec.caption == "txt" else "json"
     state: dict[str, Any] = {"key": None}
 
@@ -171,8 +173,8 @@ def parse_webdataset_tar(spec: WebDatasetSource, url: str) -> Iterator[SourceOut
                 if ext in _IMAGE_MEMBER_EXTS and state["image"] is None:
                     state.update(used=True, cut=info.name)  # until its bytes are in: a break leaves it cut
                     data = tar.extractfile(info).read()
-                    state.update(cut=None, data=data, image=ImageRef(url, inline=data) if compressed
-                                 else ImageRef(url, offset=info.offset_data, length=info.size))
+                    state.update(cut=None, data=data, image=ImageRef(origin=f"{url}: member {info.name}")
+                                 if compressed else ImageRef(url, offset=info.offset_data, length=info.size))
                 elif role_ext in _IMAGE_MEMBER_EXTS:
                     why = (f"a second image of key {key!r}" if ext in _IMAGE_MEMBER_EXTS else
                            f"read as key {key!r} with extension {ext!r} (a dot in the key?), not an image member")
@@ -253,14 +255,15 @@ def read_parquet_row_group(spec: ParquetSource, item: tuple[str, int]) -> Iterat
 
 
 def parse_parquet_row(spec: ParquetSource, row: dict, where: tuple[str, int, int]) -> SourceOutput:
-    """One row -> a record; `where` is (file, row group, row within it): where an image cell is, and
-    what names the row in a rejection.
+    """One row -> a record; `where` is (file, row group, row within it): what names the row in a
+    rejection and an image cell as its origin.
 
     A null caption is no caption; every other value (0, "", a list with nulls) is a caption that
     validation judges, so each is counted. A null id is rejected (it would become "None" and
     collide with every other null id). An image cell's bytes go to validation with the record, which
-    refers to the cell by (file, row group, row). Image paths are confined to image_root, or without
-    one to the folder of the Parquet file."""
+    stages them: no byte range of the file holds a cell, and reading it again would mean reading
+    its row group. Image paths are confined to image_root, or without one to the folder of the
+    Parquet file."""
     path, group, index = where
     caption = row[spec.caption_column]
     captions = tuple(caption) if isinstance(caption, (list, tuple)) else (() if caption is None else (caption,))
@@ -276,7 +279,7 @@ def parse_parquet_row(spec: ParquetSource, row: dict, where: tuple[str, int, int
         data = row[spec.image_column]
         if not data:
             return SourceRecord(spec.name, source_id, key, None, captions)
-        cell = ImageRef(uri=path, column=spec.image_column, row_group=group, row=index)
+        cell = ImageRef(origin=f"{path}: row group {group}, row {index}, column {spec.image_column}")
         return SourceRecord(spec.name, source_id, key, cell, captions, data=data)
     image_path = row[spec.image_path_column]
     if not image_path:

@@ -2,7 +2,8 @@
 outcome (accepted or rejected, with reason) is appended to the store as atomic Parquet parts.
 
 A re-run, or a run killed and restarted, finds what earlier runs stored and sends only the rest; at
-most the batches in flight when a run was killed are sent again. Requests that failed (after their
+most the batches in flight when a run was killed are sent again, and a retried bundle sends nothing
+its first attempt stored (transforms/translate_batches.py). Requests that failed (after their
 retries) are not stored: they are counted per reason (`failed_http_500`...), one example of each
 reason's cause is kept in the summary (`failure_examples`, bounded by the number of reasons, not by the
 input), and they are passed on as missing, with that cause.
@@ -20,7 +21,7 @@ from schemas.config import StoreConfig, TranslatorConfig
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest, text_hash
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
 from transforms.missing import NOT_IN_STORE, MissingTranslation
-from transforms.translation_store import ReadStoreEntries, StoreEntry, write_store_part
+from transforms.translation_store import ReadStoreEntries, StoreEntry
 
 MISSES = "misses"
 NAMESPACE = "translate"  # Beam metrics of the translate stage
@@ -40,37 +41,6 @@ def _classify(item: tuple[tuple[str, str], dict], retry_rejected: bool) -> Itera
         yield (hash_, lang, entry), {"requested": 1, f"cache_hits_{entry.status}": 1}
     else:
         yield beam.pvalue.TaggedOutput(MISSES, TranslationRequest(hash_, lang, texts[0]))
-
-
-class _AppendToStore(beam.DoFn):
-    """Buffer outcomes and append them to the store as one part per `flush_every` (one batch), so a
-    killed run loses at most what was in flight. Failed requests are not stored: they are sent again."""
-
-    def __init__(self, store: StoreConfig, flush_every: int):
-        self.store = store
-        self.flush_every = flush_every
-
-    def start_bundle(self) -> None:
-        self._rows: list[dict] = []
-
-    def process(self, outcome: TranslationOutcome) -> Iterator[TranslationOutcome]:
-        if outcome.status != STATUS_FAILED:
-            r = outcome.request
-            self._rows.append({"text_hash": r.text_hash, "lang": r.lang, "fingerprint": self.store.fingerprint,
-                               "source_text": r.text, "translation": outcome.translation,
-                               "status": outcome.status, "reason": outcome.reason})
-            if len(self._rows) >= self.flush_every:
-                self._flush()
-        yield outcome
-
-    def finish_bundle(self) -> None:
-        self._flush()
-
-    def _flush(self) -> None:
-        if self._rows:
-            write_store_part(self.store.path, self._rows)
-            beam.metrics.Metrics.counter(NAMESPACE, "store_parts").inc()
-            self._rows = []
 
 
 def _outcome_counts(outcome: TranslationOutcome) -> dict:
@@ -164,16 +134,13 @@ class TranslateTexts(beam.PTransform):
         counts = [looked_up.hits | "HitCounts" >> beam.Map(lambda hit: hit[1])]
         translations = [hits | "HitTranslations" >> beam.FlatMap(_accepted_hit)]
         if self.translator is not None:
-            # Imported here: Beam's RunInference imports torch when it is installed (~500 MiB in
-            # every worker), which a build that only reads the store does not need.
-            from apache_beam.ml.inference.base import RunInference
-
-            from transforms.translator import VLLMTranslationHandler
+            # Imported here: the HTTP client and the checks, which a build that only reads the store does not need.
+            from transforms.translate_batches import BatchMisses, TranslateBatches
 
             outcomes = (looked_up[MISSES]
-                        | "Translate" >> _with_accelerator(RunInference(VLLMTranslationHandler(self.translator)),
-                                                           self.translator)
-                        | "AppendToStore" >> beam.ParDo(_AppendToStore(self.store, self.translator.batch_size)))
+                        | "Batches" >> BatchMisses(self.store.fingerprint, self.translator.batch_size)
+                        | "Translate" >> _with_accelerator(beam.ParDo(TranslateBatches(self.store, self.translator)),
+                                                           self.translator))
             counts.append(outcomes | "OutcomeCounts" >> beam.Map(_outcome_counts))
             translations.append(outcomes | "NewTranslations" >> beam.FlatMap(_accepted_new))
             missing = (outcomes | "StillMissing" >> beam.Filter(lambda o: o.status == STATUS_FAILED)

@@ -13,6 +13,7 @@ from PIL import Image
 from schemas.config import ValidationRules
 from schemas.records import IMAGE_EXTENSIONS, Rejection, SourceRecord, ValidImage, normalize_text
 from transforms.image_io import ImageFetcher
+from transforms.staging import StagingWriter
 
 REJECTED = "rejected"
 
@@ -79,14 +80,28 @@ class ValidateRecord(beam.DoFn):
 
     Runs fused right after the sources: a record whose source already read the image (a tar member,
     a Parquet cell) brings the bytes along and they are checked as they are; only images named by a
-    path are read here, each in one request (one client per DoFn instance)."""
+    path are read here, each in one request (one client per DoFn instance).
 
-    def __init__(self, rules: ValidationRules):
+    With a `staging` folder (the build's, in its run folder), a valid image that no byte range of
+    its source holds is staged there (transforms/staging.py: one writer per bundle, its files closed
+    in finish_bundle, before the runner lets any step consume the bundle's outputs). `translate`
+    writes no shards and passes none: nothing is staged."""
+
+    def __init__(self, rules: ValidationRules, staging: Optional[str] = None):
         self.rules = rules
+        self.staging = staging
         self.fetcher: Optional[ImageFetcher] = None
+        self.writer: Optional[StagingWriter] = None
 
     def setup(self) -> None:
         self.fetcher = ImageFetcher()
+
+    def start_bundle(self) -> None:
+        self.writer = StagingWriter(self.staging) if self.staging else None
+
+    def finish_bundle(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
     def teardown(self) -> None:
         if self.fetcher is not None:
@@ -131,5 +146,8 @@ class ValidateRecord(beam.DoFn):
             _, image = image_rejected("no_valid_caption", captions=0)
             return None, rejected + image
         ext, width, height = info
-        return ValidImage(record.source, record.source_id, record.key, record.image, ext, width, height,
+        image = record.image
+        if not image.addressable and self.writer is not None:
+            image = self.writer.stage(image, data)
+        return ValidImage(record.source, record.source_id, record.key, image, ext, width, height,
                           hashlib.sha256(data).hexdigest(), tuple(accepted)), rejected

