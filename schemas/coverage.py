@@ -17,7 +17,7 @@ import threading
 from typing import Any, Callable, Mapping, Optional
 
 from schemas.errors import ConfigError, InputError
-from schemas.languages import ISO_639_1
+from schemas.languages import unsupported_reason
 from schemas.records import SPLIT_EVAL, SPLIT_TRAIN
 
 _PLAN_FIELDS = {
@@ -168,8 +168,11 @@ class CoveragePlan:
 
 
 def _check_code(code: object, field: str) -> None:
-    if not isinstance(code, str) or code not in ISO_639_1:
+    if not isinstance(code, str):
         raise ConfigError(field, f"{code!r} is not an ISO 639-1 language code")
+    reason = unsupported_reason(code)
+    if reason is not None:
+        raise ConfigError(field, reason)
 
 
 def _language_list(raw: Mapping[str, Any], name: str, field: str,

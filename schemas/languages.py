@@ -1,4 +1,7 @@
 """ISO 639-1 language codes, and English names for the ones prompts need."""
+from __future__ import annotations
+
+from typing import Optional
 
 ISO_639_1 = frozenset(
     """aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy
@@ -16,3 +19,14 @@ LANGUAGE_NAMES = {
     "ja": "Japanese", "ko": "Korean", "ar": "Arabic", "hi": "Hindi", "tr": "Turkish",
     "pl": "Polish", "uk": "Ukrainian", "sv": "Swedish",
 }
+
+
+def unsupported_reason(code: str) -> Optional[str]:
+    """Why a plan may not name `code` (None when it may): a language the translator can be asked for
+    and its outputs checked needs a prompt name (and the checks' rules for it)."""
+    if code not in ISO_639_1:
+        return f"{code!r} is not an ISO 639-1 language code"
+    if code not in LANGUAGE_NAMES:
+        return (f"{code!r} has no prompt name or translation checks here; supported: "
+                f"{', '.join(sorted(LANGUAGE_NAMES))}")
+    return None
