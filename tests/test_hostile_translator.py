@@ -236,7 +236,8 @@ def test_an_oversized_answer_is_rejected_by_length_before_any_detector(monkeypat
         raise AssertionError("a detector ran on an answer the length bound rejects")
 
     monkeypatch.setattr(checks, "_langdetect", detector_called)
-    monkeypatch.setattr(checks, "_script_share", detector_called)
+    monkeypatch.setattr(checks, "_fasttext", detector_called)
+    monkeypatch.setattr(checks, "script_share", detector_called)
     monkeypatch.setattr(checks, "clean_translation", detector_called)
     source = "A brown dog is running across a green meadow by the river."
     answer = ("Ein brauner Hund rennt über eine grüne Wiese am Fluss. " * 20000)[:1_000_000]
