@@ -41,7 +41,8 @@ def test_freezing_follows_the_paper():
     assert all(p.requires_grad for p in model.encoder.parameters())
     decoder = {n for n in trainable if n.startswith("decoder.")}
     assert decoder and all(".cross_attn" in n or "embed_tokens" in n for n in decoder), sorted(decoder)[:5]
-    assert any(n.endswith("cross_attn.gate") for n in decoder) and any("cross_attn_layernorm" in n for n in decoder)
+    assert any(n.endswith("cross_attn.gate") for n in decoder)
+    assert any(n.endswith("cross_attn.post_layernorm.weight") for n in decoder)
     assert not any("self_attn" in n or ".mlp." in n for n in decoder)
     bart = meta_model("florenz-0.4b")
     assert all(p.requires_grad for p in bart.decoder.parameters())
@@ -96,7 +97,7 @@ def test_gemma2_decoder_gets_gated_cross_attention_initialised_as_the_paper_says
     model = florenz_from_pretrained(str(root / "florence2"), encoder, decoder, gemma_id=str(root / "gemma2")).eval()
     for layer in model.decoder.model.layers:
         assert layer.cross_attn.gate.item() == 0.0
-        assert torch.equal(layer.cross_attn_layernorm.weight, layer.post_attention_layernorm.weight)
+        assert torch.equal(layer.cross_attn.post_layernorm.weight, layer.post_attention_layernorm.weight)
     ids = torch.tensor([decoder("a dog on a bench").input_ids])
     pixels, prompt = torch.randn(1, 3, 64, 64), torch.tensor([encoder("The target language is German.").input_ids])
     with torch.no_grad():
