@@ -126,10 +126,12 @@ def fill_store(store: Path, texts: frozenset[str], fingerprint: str, part_rows: 
     """A translation of every text into every language, in parts of up to part_rows rows (one per
     language of each slice of part_rows rows); returns the rows."""
     from schemas.records import normalize_text, text_hash
+    from transforms.translation_checks import CHECKS_VERSION
     from transforms.translation_store import write_store_rows
 
     rows = [{"text_hash": text_hash(t), "lang": lang, "fingerprint": fingerprint, "source_text": t,
-             "translation": f"[{lang}] {t}", "status": "accepted", "reason": None}
+             "translation": f"[{lang}] {t}", "status": "accepted", "reason": None, "raw_output": f"[{lang}] {t}",
+             "checks_version": CHECKS_VERSION}
             for t in sorted({normalize_text(t) for t in texts}) for lang in LANGUAGES]
     for start in range(0, len(rows), part_rows):
         write_store_rows(str(store), rows[start:start + part_rows])

@@ -33,12 +33,14 @@ PAPER = {"languages": ["en", "de", "fr", "es", "ru", "zh"], "caption_languages":
 
 def fill_store(store: Path, replica: Replica) -> int:
     from schemas.records import normalize_text, text_hash
+    from transforms.translation_checks import CHECKS_VERSION
     from transforms.translation_store import write_store_rows
 
     texts = sorted({normalize_text(t) for t in replica.texts})
     write_store_rows(str(store), [{"text_hash": text_hash(t), "lang": lang, "fingerprint": "bench",
                                    "source_text": t, "translation": f"[{lang}] {t}", "status": "accepted",
-                                   "reason": None} for t in texts for lang in PAPER["translation_languages"]])
+                                   "reason": None, "raw_output": f"[{lang}] {t}", "checks_version": CHECKS_VERSION}
+                                  for t in texts for lang in PAPER["translation_languages"]])
     return len(texts)
 
 

@@ -42,11 +42,13 @@ def fill(store: Path, captions: list[str], batch_size: int) -> None:
     """Parts of batch_size rows of one language, batches cut from requests sorted by text hash (as the
     translate stage cuts them)."""
     from schemas.records import text_hash
+    from transforms.translation_checks import CHECKS_VERSION
     from transforms.translation_store import write_store_part
 
     for lang in LANGUAGES:
         rows = sorted(({"text_hash": text_hash(t), "lang": lang, "fingerprint": FINGERPRINT, "source_text": t,
-                        "translation": f"[{lang}] {t}", "status": "accepted", "reason": None} for t in captions),
+                        "translation": f"[{lang}] {t}", "status": "accepted", "reason": None,
+                        "raw_output": f"[{lang}] {t}", "checks_version": CHECKS_VERSION} for t in captions),
                       key=lambda r: r["text_hash"])
         for start in range(0, len(rows), batch_size):
             write_store_part(str(store), FINGERPRINT, lang, rows[start:start + batch_size])

@@ -6,6 +6,7 @@
     florenz-data verify OUTPUT [fs options]        re-read an output and check every invariant
     florenz-data report OUTPUT [--diff OTHER] [fs options]   coverage heatmap + tables, what an ablation changed
     florenz-data compact-store STORE [--fingerprint FP] [beam options]   merge small store parts, migrate old stores
+    florenz-data recheck STORE [--fingerprint FP] [beam options]   re-judge stored answers under the current checks
     florenz-data eval-translator CONFIG --reference multi30k:de   BLEU/chrF + rejection rates
 
 Beam options pass through: --direct_num_workers 2 --direct_running_mode multi_processing,
@@ -199,7 +200,8 @@ def _compact_store(args: argparse.Namespace, rest: list[str]) -> int:
         raise ConfigError("--rows-per-file", "must be at least 1")
     check_s3([args.store], PipelineOptions(rest))
     languages = [lang for lang in (args.languages or "").split(",") if lang]
-    counts = compact_store(args.store, _beam_args(rest), args.fingerprint, languages, rows_per_file)
+    counts = compact_store(args.store, _beam_args(rest), args.fingerprint, languages, rows_per_file,
+                           recheck=args.command == "recheck")
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -262,14 +264,20 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--diff", default=None, help="another output to compare with (what an ablation changed)")
     report.add_argument("--out", default=None, help="folder for the report (default OUTPUT/report)")
     report.set_defaults(run=_report)
-    compact = sub.add_parser("compact-store", help="merge a translation store's small parts into few large files "
-                                                    "per (fingerprint, lang); moves an old flat store into partitions")
-    compact.add_argument("store")
-    compact.add_argument("--fingerprint", default=None, help="only this translator fingerprint's partitions")
-    compact.add_argument("--languages", default=None, help="only these languages (comma-separated); with "
-                                                           "--fingerprint, nothing is listed before the pipeline runs")
-    compact.add_argument("--rows-per-file", type=int, default=None, help="rows per compacted file (default 1,000,000)")
-    compact.set_defaults(run=_compact_store)
+    for name, help_text in (("compact-store", "merge a translation store's small parts into few large files per "
+                                              "(fingerprint, lang); moves an old flat store into partitions"),
+                            ("recheck", "judge the store's answers again under the current checks and store the "
+                                        "new verdicts (rewriting those partitions as compact-store does); sends "
+                                        "no request")):
+        compact = sub.add_parser(name, help=help_text)
+        compact.add_argument("store")
+        compact.add_argument("--fingerprint", default=None, help="only this translator fingerprint's partitions")
+        compact.add_argument("--languages", default=None, help="only these languages (comma-separated); with "
+                                                               "--fingerprint, nothing is listed before the pipeline "
+                                                               "runs")
+        compact.add_argument("--rows-per-file", type=int, default=None,
+                             help="rows per compacted file (default 1,000,000)")
+        compact.set_defaults(run=_compact_store)
     evaluate = sub.add_parser("eval-translator", help="BLEU/chrF and rejection rates on a parallel test set")
     evaluate.add_argument("config")
     _translator_flags(evaluate)

@@ -33,7 +33,10 @@ from schemas.sample import task_language
 from transforms.atomic import join, write_bytes_atomic
 from transforms.finalize import CONFIG_COPY, STATS, SUCCESS
 from transforms.range_reader import open_ranged
+from transforms.store_verdicts import checks_version
 from transforms.translation_store import REREADS, partition_dir, partition_parts
+
+OLDER_CHECKS = "older_checks"  # partition_outcomes: entries judged under older checks than this code's
 
 
 def _read_text(path: str) -> str:
@@ -77,21 +80,27 @@ class Output:
 
 
 def partition_outcomes(directory: str) -> dict[str, int]:
-    """accepted / rejected_<reason> counts of one store partition, counted in Arrow one part at a time
-    (two columns). If compact-store deletes a listed part meanwhile, counted again from a new listing."""
+    """accepted / rejected_<reason> counts of one store partition as stored, and OLDER_CHECKS: how
+    many of them older checks judged (builds judge those again as they read them; `recheck` stores
+    the new verdicts). Counted in Arrow one part at a time (three columns). If compact-store deletes a
+    listed part meanwhile, counted again from a new listing."""
     for _ in range(REREADS + 1):
         counts: Counter = Counter()
         try:
             for part in partition_parts(directory):
                 with open_ranged(part) as f:
-                    table = pq.read_table(f, columns=["status", "reason"])
+                    parquet = pq.ParquetFile(f)
+                    versioned = "checks_version" in parquet.schema_arrow.names
+                    table = parquet.read(columns=["status", "reason", *(["checks_version"] if versioned else [])])
+                current = pc.sum(pc.equal(table["checks_version"], checks_version())).as_py() if versioned else 0
+                counts[OLDER_CHECKS] += table.num_rows - (current or 0)
                 grouped = table.group_by(["status", "reason"], use_threads=False).aggregate([("status", "count")])
                 for row in grouped.to_pylist():
                     outcome = STATUS_ACCEPTED if row["status"] == STATUS_ACCEPTED else f"rejected_{row['reason']}"
                     counts[outcome] += row["status_count"]
         except FileNotFoundError:
             continue
-        return dict(sorted(counts.items()))
+        return dict(sorted((k, v) for k, v in counts.items() if v))
     raise InputError(directory, f"translation store parts vanished while the report read them, {REREADS + 1} "
                                 "times over (compact-store ran again and again?); run the report again")
 
@@ -160,12 +169,18 @@ def report_markdown(output: Output) -> str:
             parts.append(f"| {level} | {reason} | {n:,} |")
     parts += ["", "## Translation acceptance (store entries of this run's translator)", "",
               "| lang | accepted | rejected | rate | rejections |", "|---|---:|---:|---:|---|"]
+    older = {}
     for lang, outcomes in output.translation_acceptance().items():
+        older[lang] = outcomes.pop(OLDER_CHECKS, 0)
         accepted = outcomes.get(STATUS_ACCEPTED, 0)
         rejected = {k.removeprefix("rejected_"): v for k, v in outcomes.items() if k != STATUS_ACCEPTED}
         total = accepted + sum(rejected.values())
         parts.append(f"| {lang} | {accepted:,} | {sum(rejected.values()):,} | {accepted / total:.1%} | "
                      + ", ".join(f"{k} {v}" for k, v in rejected.items()) + " |")
+    if any(older.values()):
+        parts += ["", "Judged by older checks than this code's (version {}), as stored above: {}. Builds judge them "
+                  "again as they read them; `florenz-data recheck STORE` stores the new verdicts.".format(
+                      checks_version(), ", ".join(f"{lang} {n:,}" for lang, n in older.items() if n))]
     return "\n".join(parts) + "\n"
 
 

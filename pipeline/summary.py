@@ -82,3 +82,7 @@ def report_missing(missing: dict, texts: str, command: str) -> None:
               f"the plan needs are not in the store ({per_language}); the texts are in {texts}.\n"
               "Translate only these with `florenz-data run CONFIG` (a translator section or --endpoint/--model), "
               "or build without them: --allow-missing-translations.", file=sys.stderr)
+    if per_reason.get("stale_verdict", 0):
+        print(f"{per_reason['stale_verdict']} of them are stored only as rejections by older checks, with no answer "
+              "kept to judge again (stored before answers were kept): `florenz-data run CONFIG` asks for them again.",
+              file=sys.stderr)

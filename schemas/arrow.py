@@ -10,7 +10,11 @@ TRANSLATION_SCHEMA = pa.schema([
     pa.field("translation", pa.string()),
     pa.field("status", pa.string(), nullable=False),  # accepted | rejected
     pa.field("reason", pa.string()),  # why rejected; null when accepted
+    # Added later (parts written before lack them, transforms/translation_store.py reads them as null):
+    pa.field("raw_output", pa.string()),  # the answer the verdict was judged from (transforms/store_verdicts.py)
+    pa.field("checks_version", pa.int32()),  # translation_checks.CHECKS_VERSION of the verdict; null: unknown
 ])
+ADDED_COLUMNS = ("raw_output", "checks_version")  # absent from parts written before they existed
 STATUS_ACCEPTED = "accepted"
 STATUS_REJECTED = "rejected"
 

@@ -100,7 +100,7 @@ class TranslationOutcome:
     status: str  # accepted | rejected | failed
     translation: Optional[str] = None
     reason: Optional[str] = None
-    raw_output: Optional[str] = None  # the model's last answer (a rejection) or the cause (a failure)
+    raw_output: Optional[str] = None  # the answer the verdict judged (stored), or the cause (a failure)
     strict_retry: bool = False  # whether the stricter prompt was needed
     requests_sent: int = 0  # HTTP requests this translation took, retries included
 

@@ -59,6 +59,7 @@ def fill_store(store: Path, texts: Iterable[str], languages: Iterable[str],
     """Write one store part per language with a translation of each normalized text, except the
     (text, lang) in skip."""
     from schemas.records import normalize_text, text_hash
+    from transforms.translation_checks import CHECKS_VERSION
     from transforms.translation_store import write_store_rows
 
     rows = []
@@ -67,7 +68,8 @@ def fill_store(store: Path, texts: Iterable[str], languages: Iterable[str],
             if (text, lang) not in skip:
                 rows.append({"text_hash": text_hash(text), "lang": lang, "fingerprint": fingerprint,
                              "source_text": text, "translation": fake_translation(text, lang),
-                             "status": "accepted", "reason": None})
+                             "status": "accepted", "reason": None, "raw_output": fake_translation(text, lang),
+                             "checks_version": CHECKS_VERSION})
     write_store_rows(str(store), rows)
 
 

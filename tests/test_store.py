@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.arrow import TRANSLATION_SCHEMA
+from transforms.translation_checks import CHECKS_VERSION
 from tests.helpers import (PAPER_PLAN, coco_captions, copy_images, fake_translation, read_store_rows,
                            store_part_files, write_config)
 from tests.hostile import run_cli
@@ -43,11 +44,12 @@ def make_rows(texts: int, fingerprints=(FP,), langs=LANGS, seed: int = 0, copies
             for lang in langs:
                 for _ in range(rng.randint(1, copies)):
                     accepted = rng.random() < 0.6
+                    answer = f"[{lang}] {text} v{rng.randint(0, 3)}" if accepted else "x"
                     rows.append({"text_hash": hashlib.sha256(text.encode()).hexdigest(), "lang": lang,
-                                 "fingerprint": fp, "source_text": text,
-                                 "translation": f"[{lang}] {text} v{rng.randint(0, 3)}" if accepted else "x",
+                                 "fingerprint": fp, "source_text": text, "translation": answer,
                                  "status": "accepted" if accepted else "rejected",
-                                 "reason": None if accepted else rng.choice(["empty", "wrong_script"])})
+                                 "reason": None if accepted else rng.choice(["empty", "wrong_script"]),
+                                 "raw_output": answer, "checks_version": CHECKS_VERSION})
     rng.shuffle(rows)
     return rows
 
@@ -285,7 +287,8 @@ def store_rows_for(captions: list[str], fingerprint: str = "test-fp") -> list[di
     from schemas.records import normalize_text, text_hash
 
     return [{"text_hash": text_hash(t), "lang": lang, "fingerprint": fingerprint, "source_text": t,
-             "translation": fake_translation(t, lang), "status": "accepted", "reason": None}
+             "translation": fake_translation(t, lang), "status": "accepted", "reason": None,
+             "raw_output": fake_translation(t, lang), "checks_version": CHECKS_VERSION}
             for t in sorted({normalize_text(c) for c in captions}) for lang in PAPER_PLAN["translation_languages"]]
 
 

@@ -5,7 +5,8 @@ OUTPUT/missing_translations.json (counts per language and per reason, one exampl
 cause), whose counts a combiner sums from what each part holds.
 
 A translation is missing because it is not in the store and this command does not translate
-(`not_in_store`), or because the translator failed on it (`failed_<reason>`, e.g. failed_http_500):
+(`not_in_store`), or its only stored verdict is of older checks and cannot be judged again
+(`stale_verdict`: a rejection stored before raw answers were kept; `translate` sends it again), or because the translator failed on it (`failed_<reason>`, e.g. failed_http_500):
 failures are not stored, so the next run sends them again."""
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from transforms.sorted_parts import PartFormat, WriteSortedParts
 MISSING_TEXTS = "missing_translations"  # the folder of parts
 MISSING_SUMMARY = "missing_translations.json"
 NOT_IN_STORE = "not_in_store"
+STALE_VERDICT = "stale_verdict"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +34,7 @@ class MissingTranslation:
     """A translation the run needs and has no decided outcome for, and why."""
 
     request: TranslationRequest
-    reason: str  # NOT_IN_STORE, or failed_<reason> (the translator's counter)
+    reason: str  # NOT_IN_STORE, STALE_VERDICT, or failed_<reason> (the translator's counter)
     detail: Optional[str] = None  # a failure's cause, in one line (HTTP status and the server's body...)
 
 

@@ -1,6 +1,10 @@
 """Translate once: unique English texts -> store lookup -> only the misses go to vLLM -> every
 outcome (accepted or rejected, with reason) is appended to the store as atomic Parquet parts.
 
+A stored verdict of older checks is judged again as the store is read (transforms/store_verdicts.py);
+one that cannot be (a rejection stored before raw answers were kept) is stale: a miss, sent again by
+a translator, else missing (`stale_verdict`), never used as a rejection.
+
 A re-run, or a run killed and restarted, finds what earlier runs stored and sends only the rest; at
 most the batches in flight when a run was killed are sent again, and a retried bundle sends nothing
 its first attempt stored (transforms/translate_batches.py). Requests that failed (after their
@@ -20,27 +24,33 @@ from schemas.arrow import STATUS_ACCEPTED
 from schemas.config import StoreConfig, TranslatorConfig
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest, text_hash
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
-from transforms.missing import NOT_IN_STORE, MissingTranslation
+from transforms.missing import NOT_IN_STORE, STALE_VERDICT, MissingTranslation
 from transforms.translation_store import ReadStoreEntries, StoreEntry
 
 MISSES = "misses"
+STALE = "stale"  # needed keys whose only stored verdicts are stale
 NAMESPACE = "translate"  # Beam metrics of the translate stage
 FAILURE_EXAMPLES = "failure_examples"  # summary key: failed_<reason> -> one example of its cause
 log = logging.getLogger(__name__)
 
 
 def _classify(item: tuple[tuple[str, str], dict], retry_rejected: bool) -> Iterator:
-    """Per needed (text, lang): a store hit (main output, with its counts) or a miss to translate."""
+    """Per needed (text, lang): a store hit (main output, with its counts), a miss to translate, or a
+    stale one (STALE: a miss whose stored verdict is of older checks and cannot be judged again)."""
     (hash_, lang), grouped = item
     texts = list(grouped["need"])
     if not texts:
         return  # stored, but not needed by this run
     entries: list[StoreEntry] = list(grouped["store"])
     entry = entries[0] if entries else None
-    if entry is not None and (entry.status == STATUS_ACCEPTED or not retry_rejected):
-        yield (hash_, lang, entry), {"requested": 1, f"cache_hits_{entry.status}": 1}
+    request = TranslationRequest(hash_, lang, texts[0])
+    if entry is not None and entry.stale:
+        yield beam.pvalue.TaggedOutput(STALE, request)
+    elif entry is not None and (entry.status == STATUS_ACCEPTED or not retry_rejected):
+        counts = {"requested": 1, f"cache_hits_{entry.status}": 1}
+        yield (hash_, lang, entry), {**counts, "rejudged_on_read": 1} if entry.rejudged else counts
     else:
-        yield beam.pvalue.TaggedOutput(MISSES, TranslationRequest(hash_, lang, texts[0]))
+        yield beam.pvalue.TaggedOutput(MISSES, request)
 
 
 def _outcome_counts(outcome: TranslationOutcome) -> dict:
@@ -108,10 +118,11 @@ def _with_accelerator(transform: beam.PTransform, translator: TranslatorConfig) 
 
 class TranslateTexts(beam.PTransform):
     """Normalized English texts -> {"translations": (text_hash, (lang, translation)) accepted, from
-    the store or new; "summary": one dict of counts (requested, cache hits, translated, accepted,
-    rejected_<reason>, failed_<reason>, retried) with FAILURE_EXAMPLES when requests failed;
-    "missing": a MissingTranslation per request with no decided outcome (not in the store and no
-    translator, or failed for good: with the failure's reason and cause)}."""
+    the store or new; "summary": one dict of counts (requested, cache hits, rejudged_on_read: hits
+    whose verdict of older checks was judged again, stale_verdict: stored verdicts that could not be,
+    translated, accepted, rejected_<reason>, failed_<reason>, retried) with FAILURE_EXAMPLES when
+    requests failed; "missing": a MissingTranslation per request with no decided outcome (not in the
+    store, or stale, and no translator; or failed for good: with the failure's reason and cause)}."""
 
     def __init__(self, store: StoreConfig, translator: Optional[TranslatorConfig], languages: Iterable[str]):
         super().__init__()
@@ -129,15 +140,18 @@ class TranslateTexts(beam.PTransform):
         retry = self.translator is not None and self.translator.retry_rejected
         looked_up = ({"need": needed, "store": stored}
                      | "Lookup" >> MeasuredCoGroupByKey()
-                     | "Classify" >> beam.FlatMap(_classify, retry_rejected=retry).with_outputs(MISSES, main="hits"))
+                     | "Classify" >> beam.FlatMap(_classify, retry_rejected=retry).with_outputs(MISSES, STALE,
+                                                                                              main="hits"))
         hits = looked_up.hits | "HitEntries" >> beam.Map(lambda hit: hit[0])
         counts = [looked_up.hits | "HitCounts" >> beam.Map(lambda hit: hit[1])]
         translations = [hits | "HitTranslations" >> beam.FlatMap(_accepted_hit)]
         if self.translator is not None:
-            # Imported here: the HTTP client and the checks, which a build that only reads the store does not need.
+            # Imported here: the HTTP client, which a build that only reads the store does not need.
             from transforms.translate_batches import BatchMisses, TranslateBatches
 
-            outcomes = (looked_up[MISSES]
+            counts.append(looked_up[STALE] | "StaleCounts" >> beam.Map(lambda r: {STALE_VERDICT: 1}))
+            outcomes = ((looked_up[MISSES], looked_up[STALE])
+                        | "MissesAndStale" >> beam.Flatten()
                         | "Batches" >> BatchMisses(self.store.fingerprint, self.translator.batch_size)
                         | "Translate" >> _with_accelerator(beam.ParDo(TranslateBatches(self.store, self.translator)),
                                                            self.translator))
@@ -147,9 +161,12 @@ class TranslateTexts(beam.PTransform):
                        | "FailedRequests" >> beam.Map(
                            lambda o: MissingTranslation(o.request, f"{o.status}_{o.reason}", o.raw_output)))
         else:
-            counts.append(looked_up[MISSES] | "MissCounts" >> beam.Map(
-                lambda r: {"requested": 1, NOT_IN_STORE: 1}))
-            missing = looked_up[MISSES] | "NotInStore" >> beam.Map(lambda r: MissingTranslation(r, NOT_IN_STORE))
+            missing = []
+            for tag, reason, label in ((MISSES, NOT_IN_STORE, "NotInStore"), (STALE, STALE_VERDICT, "Stale")):
+                counts.append(looked_up[tag] | f"{label}Counts" >> beam.Map(
+                    lambda r, reason=reason: {"requested": 1, reason: 1}))
+                missing.append(looked_up[tag] | f"{label}Missing" >> beam.Map(MissingTranslation, reason))
+            missing = missing | "AllMissing" >> beam.Flatten()
         summary = counts | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombineGlobally(_Summarize())
         return {"translations": translations | "AllTranslations" >> beam.Flatten(), "summary": summary,
                 "missing": missing}

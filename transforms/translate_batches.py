@@ -7,7 +7,8 @@ Idempotent under bundle retries (Dataflow retries a failed bundle, and may run o
   hash), b sized from the count of misses per language so that a group averages at most
   GROUP_BATCHES batches at any input size; each group, sorted by text hash, is cut into batch_size
   pieces. However a runner splits the bundles, a retry forms the same batches.
-- a batch's part is named by a hash of the fingerprint, the language and its sorted text hashes. A
+- a batch's part is named by a hash of the fingerprint, the checks version, the language and its
+  sorted text hashes (so a part of older checks is never taken for this run's). A
   batch whose part exists is read, not sent; the requests that part lacks (they failed, and failures
   are not stored) are sent as a batch of their own, named by their own hashes.
 - what a batch emits is what its part holds, read back after the write: two attempts racing on one
@@ -35,6 +36,7 @@ from schemas.config import StoreConfig, TranslatorConfig
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest
 from transforms.dispatcher import acquire_dispatcher, count_result, require_api_key_env
 from transforms.group_metrics import MeasuredCombinePerKey, MeasuredGroupByKey
+from transforms.store_verdicts import checks_version
 from transforms.translate import NAMESPACE
 from transforms.translation_store import part_exists, part_path, read_part, write_store_part
 
@@ -49,8 +51,10 @@ class Batch:
 
 
 def batch_name(fingerprint: str, lang: str, text_hashes: Iterable[str]) -> str:
-    """The part name of a set of requests: the same set, the same name, whatever the order."""
-    return hashlib.sha256("\n".join([fingerprint, lang, *sorted(text_hashes)]).encode()).hexdigest()[:32]
+    """The part name of a set of requests under the current checks: the same set, the same name,
+    whatever the order."""
+    key = [fingerprint, f"checks={checks_version()}", lang, *sorted(text_hashes)]
+    return hashlib.sha256("\n".join(key).encode()).hexdigest()[:32]
 
 
 def bucket_bits(misses: int, batch_size: int) -> int:
@@ -94,9 +98,11 @@ class BatchMisses(beam.PTransform):
 
 
 def _row(outcome: TranslationOutcome, fingerprint: str) -> dict:
+    """The store row of a decided outcome: its verdict, the answer it judged and the checks' version."""
     r = outcome.request
     return {"text_hash": r.text_hash, "lang": r.lang, "fingerprint": fingerprint, "source_text": r.text,
-            "translation": outcome.translation, "status": outcome.status, "reason": outcome.reason}
+            "translation": outcome.translation, "status": outcome.status, "reason": outcome.reason,
+            "raw_output": outcome.raw_output, "checks_version": checks_version()}
 
 
 def _from_row(request: TranslationRequest, row: dict) -> TranslationOutcome:

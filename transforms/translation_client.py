@@ -163,14 +163,15 @@ class TranslationClient:
             output = await self._complete(request, False, sent)
             result = check_translation(request.text, output, request.lang)
             if result.text is not None:
-                return TranslationOutcome(request, STATUS_ACCEPTED, result.text, requests_sent=sent[0]), sent[1]
+                return TranslationOutcome(request, STATUS_ACCEPTED, result.text, raw_output=output,
+                                          requests_sent=sent[0]), sent[1]
             output = await self._complete(request, True, sent)
             result = check_translation(request.text, output, request.lang)
         except RequestFailed as failed:  # raw_output: the cause, in one line (failures are never stored)
             return TranslationOutcome(request, STATUS_FAILED, reason=failed.reason, raw_output=failed.detail,
                                       requests_sent=sent[0]), sent[1]
         if result.text is not None:
-            return TranslationOutcome(request, STATUS_ACCEPTED, result.text, strict_retry=True,
+            return TranslationOutcome(request, STATUS_ACCEPTED, result.text, raw_output=output, strict_retry=True,
                                       requests_sent=sent[0]), sent[1]
         return TranslationOutcome(request, STATUS_REJECTED, reason=result.reason, raw_output=output,
                                   strict_retry=True, requests_sent=sent[0]), sent[1]

@@ -2,12 +2,13 @@
 hive-style partitions STORE/fingerprint=<fp>/lang=<lang>/part-*.parquet.
 
 Why this layout: a build needs one fingerprint and its languages, so it lists and reads only those
-folders (and only four columns); and anyone can read the store without this project's code,
-`pyarrow.dataset.dataset(STORE, partitioning="hive")` or HF `datasets.load_dataset("parquet",
-data_files="STORE/fingerprint=<fp>/lang=de/*.parquet")`: every file holds all of
-TRANSLATION_SCHEMA's columns, the partition's two included (HF reads no partition from a path;
-`pyarrow.parquet.read_table(STORE)` then needs partitioning=None, its dictionary-typed partition
-columns do not merge with the files' strings).
+folders (and only five columns, seven where verdicts of older checks are judged again); and anyone
+can read the store without this project's code, `pyarrow.dataset.dataset(STORE, partitioning="hive")`
+or HF `datasets.load_dataset("parquet", data_files="STORE/fingerprint=<fp>/lang=de/*.parquet")`: every
+file holds all of TRANSLATION_SCHEMA's columns, the partition's two included (HF reads no partition
+from a path; `pyarrow.parquet.read_table(STORE)` then needs partitioning=None, its dictionary-typed
+partition columns do not merge with the files' strings), except raw_output and checks_version in
+parts written before those existed.
 
 A partition holds two kinds of part, each written whole (temporary name, then rename) and never
 changed afterwards:
@@ -17,9 +18,16 @@ changed afterwards:
 - compacted parts, part-compacted-<generation>-<k>-of-<n>.parquet (transforms/store_compaction.py):
   bucket k of n of the partition's keys by text_hash, one row per key; generations sort by time.
 
+Every row keeps the text its verdict was judged from (`raw_output`) and the checks version that
+judged it (`checks_version`); parts written before those columns existed lack them and read as null.
+Readers never use a verdict of older checks as it is: it is judged again as it is read
+(transforms/store_verdicts.py, counted as `rejudged_on_read`; `florenz-data recheck` stores the new
+verdicts once), or, when nothing is left to judge, the entry is stale and counts as not stored.
+
 Where a key has several entries (two runs raced, a rejection was retried, a part and the compacted
-part replacing it are both read), an accepted one beats a rejected one and ties go by content
-(`prefer_entry`), so every read, and compaction, picks the same one.
+part replacing it are both read), judged as above, a current entry beats a stale one, an accepted one
+a rejected one, and ties go by content (`prefer_entry`), so every read, and compaction, picks the same
+one.
 """
 from __future__ import annotations
 
@@ -37,12 +45,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.arrow import STATUS_ACCEPTED, TRANSLATION_SCHEMA
+from schemas.arrow import ADDED_COLUMNS, STATUS_ACCEPTED, TRANSLATION_SCHEMA
 from schemas.config import StoreConfig
 from schemas.errors import InputError
 from transforms.atomic import glob_escape, join, write_bytes_atomic
 from transforms.group_metrics import MeasuredCombinePerKey
 from transforms.range_reader import open_ranged
+from transforms.store_verdicts import REJUDGED, STALE, checks_version, current_verdict
 
 TMP = "_tmp"  # temporary names of the store's atomic writes; readers skip "_" folders
 APPENDED_SLICES = tuple("0123456789abcdef")
@@ -74,7 +83,7 @@ def part_path(store: str, fingerprint: str, lang: str, name: str) -> str:
 def parquet_bytes(rows: Iterable[Mapping[str, object]]) -> bytes:
     """Rows of TRANSLATION_SCHEMA as one Parquet file, in a fixed order (so the same rows give the
     same bytes)."""
-    ordered = sorted(rows, key=lambda r: tuple(str(r[f.name] or "") for f in TRANSLATION_SCHEMA))
+    ordered = sorted(rows, key=lambda r: tuple(str(r.get(f.name) or "") for f in TRANSLATION_SCHEMA))
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(ordered, schema=TRANSLATION_SCHEMA), buffer, compression="zstd")
     return buffer.getvalue()
@@ -83,9 +92,14 @@ def parquet_bytes(rows: Iterable[Mapping[str, object]]) -> bytes:
 def write_store_part(store: str, fingerprint: str, lang: str, rows: Iterable[Mapping[str, object]],
                      name: Optional[str] = None) -> str:
     """Append one part holding `rows` (dicts of TRANSLATION_SCHEMA's fields, all of `fingerprint` and
-    `lang`); returns its path. `name` defaults to the content hash; writing a name again writes the same
-    rows again (a retried bundle), which replaces the part with identical content."""
+    `lang`, each with the checks version that judged it); returns its path. `name` defaults to the
+    content hash; writing a name again writes the same rows again (a retried bundle), which replaces
+    the part with identical content."""
     rows = list(rows)
+    unversioned = next((r for r in rows if r.get("checks_version") is None), None)
+    if unversioned is not None:
+        raise ValueError(f"store row {unversioned['text_hash']} ({fingerprint!r}, {lang!r}) has no checks_version: "
+                         "every new verdict names the checks version that judged it")
     stray = sorted({(r["fingerprint"], r["lang"]) for r in rows} - {(fingerprint, lang)})
     if stray:
         raise ValueError(f"store part of ({fingerprint!r}, {lang!r}) given rows of {stray}")
@@ -108,9 +122,10 @@ def part_exists(store: str, fingerprint: str, lang: str, name: str) -> bool:
 
 
 def read_part(path: str) -> list[dict]:
-    """The rows of one part."""
+    """The rows of one part (every column of TRANSLATION_SCHEMA; those it predates are None)."""
     with open_ranged(path) as f:
-        return pq.read_table(f).to_pylist()
+        table = pq.read_table(f)
+    return [{**dict.fromkeys(TRANSLATION_SCHEMA.names), **row} for row in table.to_pylist()]
 
 
 # -- listing --------------------------------------------------------------------------------------
@@ -161,7 +176,8 @@ _DAMAGED_PART = ("store parts are written whole (temporary name, then rename), s
                  "it out of the store folder; the translations it held are then missing and `florenz-data "
                  "translate` sends them again")
 GONE = "gone"  # tagged output: the partition of a listed part that was deleted before it was read
-ENTRY_COLUMNS = ["text_hash", "status", "translation", "reason"]
+ENTRY_COLUMNS = ["text_hash", "status", "translation", "reason", "checks_version"]
+JUDGE_COLUMNS = ("source_text", "raw_output")  # what judging a verdict of older checks again also needs
 
 
 def _one_line(error: BaseException) -> str:
@@ -173,17 +189,36 @@ class StoreEntry:
     status: str  # accepted | rejected
     translation: Optional[str]
     reason: Optional[str]
+    rejudged: bool = False  # stored under older checks, judged again as it was read
+    stale: bool = False  # stored under older checks with nothing to judge again: not a decision
 
 
-def entry_order(status: str, translation: Optional[str], reason: Optional[str]) -> tuple:
+def entry_order(status: str, translation: Optional[str], reason: Optional[str], stale: bool = False) -> tuple:
     """The order in which entries of one key are preferred (smallest first), total so that the choice
-    never depends on the order entries arrive in: any accepted beats rejected; then by content."""
-    return (status != STATUS_ACCEPTED, translation or "", reason or "", status, translation is None, reason is None)
+    never depends on the order entries arrive in: a current verdict beats a stale one, accepted beats
+    rejected; then by content."""
+    return (stale, status != STATUS_ACCEPTED, translation or "", reason or "", status, translation is None,
+            reason is None)
 
 
 def prefer_entry(entries: Iterable[StoreEntry]) -> StoreEntry:
     """One entry per key, whatever the part order."""
-    return min(entries, key=lambda e: entry_order(e.status, e.translation, e.reason))
+    return min(entries, key=lambda e: (entry_order(e.status, e.translation, e.reason, e.stale), e.rejudged))
+
+
+def judged_entry(where: str, lang: str, row: Mapping[str, object]) -> StoreEntry:
+    """One stored row as an entry under the current checks (transforms/store_verdicts.py); counted in
+    namespace "store": rejudged_on_read, changed_on_read, stale_on_read."""
+    verdict = current_verdict(where, lang, row.get("source_text"), row["status"], row["translation"],
+                              row["reason"], row.get("raw_output"), row["checks_version"])
+    if verdict.kind == REJUDGED:
+        beam.metrics.Metrics.counter(METRICS, "rejudged_on_read").inc()
+        if (verdict.status, verdict.reason) != (row["status"], row["reason"]):
+            beam.metrics.Metrics.counter(METRICS, "changed_on_read").inc()
+    elif verdict.kind == STALE:
+        beam.metrics.Metrics.counter(METRICS, "stale_on_read").inc()
+    return StoreEntry(verdict.status, verdict.translation, verdict.reason, verdict.kind == REJUDGED,
+                      verdict.kind == STALE)
 
 
 class Partition(NamedTuple):
@@ -209,13 +244,35 @@ def row_group_count(path: str) -> int:
                                    f"{_DAMAGED_PART}") from None
 
 
-def read_row_group(path: str, group: int, columns: list[str]) -> Iterator[dict]:
-    """The rows (dicts of `columns`) of one row group of one part; FileNotFoundError if it is gone."""
+def _all_current(parquet: pq.ParquetFile, group: int) -> bool:
+    """Whether the footer's statistics show every row of the row group judged under the current checks."""
+    names = parquet.schema_arrow.names
+    if "checks_version" not in names:
+        return False
+    stats = parquet.metadata.row_group(group).column(names.index("checks_version")).statistics
+    return bool(stats is not None and stats.has_min_max and stats.null_count == 0
+                and stats.min == stats.max == checks_version())
+
+
+def read_row_group(path: str, group: int, columns: list[str], unless_current: tuple[str, ...] = ()) -> Iterator[dict]:
+    """The rows (dicts of `columns`, and of `unless_current` where the footer does not show every row
+    judged under the current checks) of one row group of one part; FileNotFoundError if it is gone.
+    Columns the part predates (ADDED_COLUMNS) read as None."""
     with open_ranged(path) as f:
         try:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096, row_groups=[group], columns=columns):
-                yield from batch.to_pylist()
-        except FileNotFoundError:
+            parquet = pq.ParquetFile(f)
+            wanted = columns if _all_current(parquet, group) else [*columns, *unless_current]
+            names = parquet.schema_arrow.names
+            lacking = [c for c in wanted if c not in names]
+            required = [c for c in lacking if c not in ADDED_COLUMNS]
+            if required:
+                raise InputError(path, f"translation store part has no column {', '.join(required)} (its columns: "
+                                       f"{', '.join(names)}); {_DAMAGED_PART}")
+            present = [c for c in wanted if c in names]
+            for batch in parquet.iter_batches(batch_size=4096, row_groups=[group], columns=present):
+                for row in batch.to_pylist():
+                    yield {**dict.fromkeys(lacking), **row}
+        except (FileNotFoundError, InputError):
             raise
         except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (ValueError), ArrowIOError (OSError)
             raise InputError(path, f"translation store part: row group {group} cannot be read "
@@ -239,12 +296,12 @@ def read_entries(item: tuple[PartRef, int]) -> Iterator:
     part was deleted since it was listed."""
     part, group = item
     try:
-        rows = list(read_row_group(part.path, group, ENTRY_COLUMNS))
+        rows = list(read_row_group(part.path, group, ENTRY_COLUMNS, unless_current=JUDGE_COLUMNS))
     except FileNotFoundError:
         yield beam.pvalue.TaggedOutput(GONE, part.partition)
         return
     for r in rows:
-        yield (r["text_hash"], part.partition.lang), StoreEntry(r["status"], r["translation"], r["reason"])
+        yield (r["text_hash"], part.partition.lang), judged_entry(part.path, part.partition.lang, r)
 
 
 class _ReadParts(beam.PTransform):
@@ -327,10 +384,11 @@ class ReadStoreEntries(beam.PTransform):
     Nothing is listed while the graph is built. Workers list each language's partition, its appended
     parts in 16 slices (by the first hex digit of their names), and a check that the store is not in
     the old flat layout (refused, naming the command that migrates it); then read each part's footer,
-    then each row group, four columns. At CC12M scale (300 M entries, 5 languages, one fingerprint)
+    then each row group, five columns (two more where its footer shows verdicts of older checks, which
+    are judged again: judged_entry). At CC12M scale (300 M entries, 5 languages, one fingerprint)
     an uncompacted store holds ~1.17 M parts of 256 rows: one listing slice is ~15 k names (~1.5 MB);
     compacted (1 M rows per file), a partition is ~60 files. One worker holds at most one slice's names,
-    one partition's compacted names or one row group (64k rows of 4 columns), and OnePerKey combines
+    one partition's compacted names or one row group (64k rows of 5 to 7 columns), and OnePerKey combines
     per key across workers: no worker lists or reads the whole store.
 
     Correct while compact-store runs, which writes a generation's compacted parts before it deletes
