@@ -29,7 +29,8 @@ setup(
     extras_require={
         "pipeline": PIPELINE,
         "train": ["torch==2.14.1", "torchvision==0.29.1", "transformers>=5,<6", "safetensors>=0.4", "tokenizers>=0.20",
-                  "sacrebleu>=2.4", "pycocoevalcap==1.2", "tqdm>=4.60", "scipy>=1.11", "matplotlib>=3.8"],
+                  "sacrebleu>=2.4", "pycocoevalcap==1.2", "tqdm>=4.60", "scipy>=1.11", "matplotlib>=3.8",
+                  "pydantic>=2"],  # pydantic: the sweep config (model/sweep.py)
         # vLLM lives in its own environment on CPU machines (see README); on GPU workers it is
         # installed beside the pipeline.
         "vllm": ["vllm"],
@@ -42,5 +43,6 @@ setup(
                 "datasets>=5,<6", "pandas<2.4"],
     },
     entry_points={"console_scripts": ["florenz-data=pipeline.cli:main", "florenz-train=model.train:main",
-                                     "florenz-eval=model.evaluate:main", "florenz-scaling=model.scaling:main"]},
+                                     "florenz-eval=model.evaluate:main", "florenz-scaling=model.scaling:main",
+                                     "florenz-sweep=model.sweep:main"]},
 )
