@@ -8,6 +8,8 @@
     florenz-data compact-store STORE [--fingerprint FP] [beam options]   merge small store parts, migrate old stores
     florenz-data recheck STORE [--fingerprint FP] [beam options]   re-judge stored answers under the current checks
     florenz-data eval-translator CONFIG --reference multi30k:de   BLEU/chrF + rejection rates
+    florenz-data import-translations SOURCE --store STORE --languages de,fr [beam options]   pre-made
+                                                   translations into the store, checked, under import-<name>
 
 Beam options pass through: --direct_num_workers 2 --direct_running_mode multi_processing,
 --runner DataflowRunner ..., --runner PrismRunner --prism_location BINARY. Every command takes Beam's
@@ -206,6 +208,20 @@ def _compact_store(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _import_translations(args: argparse.Namespace, rest: list[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.import_translations import import_translations, make_spec
+    from pipeline.object_stores import check_s3
+
+    spec = make_spec(args.source, args.languages, args.text_column, args.column or (), args.lang_column,
+                     args.translation_column, args.format)
+    check_s3([args.source, args.store], PipelineOptions(rest))
+    summary = import_translations(spec, args.store, args.fingerprint, _beam_args(rest), args.rows_per_part)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _report(args: argparse.Namespace, rest: list[str]) -> int:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -278,6 +294,23 @@ def main(argv: list[str] | None = None) -> int:
         compact.add_argument("--rows-per-file", type=int, default=None,
                              help="rows per compacted file (default 1,000,000)")
         compact.set_defaults(run=_compact_store)
+    imported = sub.add_parser("import-translations", help="load pre-made translations (Parquet or JSONL) into the "
+                                                          "store under their own fingerprint, through the checks")
+    imported.add_argument("source", help="a Parquet or JSONL file or glob (local, gs://, s3://)")
+    imported.add_argument("--store", required=True, help="the translation store's path")
+    imported.add_argument("--languages", required=True, help="target languages to import (comma-separated)")
+    imported.add_argument("--fingerprint", default=None, help="import-<name> (default: derived from the files' "
+                                                              "names and sizes)")
+    imported.add_argument("--text-column", default="en", help="the English text's column (default en)")
+    imported.add_argument("--column", action="append", default=None, metavar="LANG=COLUMN",
+                          help="a language's column when it is not named by its code; repeat")
+    imported.add_argument("--lang-column", default=None, help="long format: the column naming each row's language")
+    imported.add_argument("--translation-column", default="translation",
+                          help="long format: the translation's column (default translation)")
+    imported.add_argument("--format", choices=("parquet", "jsonl"), default=None,
+                          help="default: from the source's name")
+    imported.add_argument("--rows-per-part", type=int, default=None, help="store rows per part (default 4096)")
+    imported.set_defaults(run=_import_translations)
     evaluate = sub.add_parser("eval-translator", help="BLEU/chrF and rejection rates on a parallel test set")
     evaluate.add_argument("config")
     _translator_flags(evaluate)

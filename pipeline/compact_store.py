@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 from urllib.parse import quote, unquote
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.atomic import join
+from transforms.counting import counter_totals
 from transforms.lease import OutputLease
 from transforms.run_folder import files_under
 from transforms.store_compaction import METRICS, ROWS_PER_FILE, CompactStore
@@ -60,7 +60,5 @@ def compact_store(store: str, beam_args: Sequence[str], fingerprint: Optional[st
     counts = {"partitions": len(partitions), "migrated": int(migrate)}
     if recheck:
         counts["checks_version"] = checks_version()
-    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS))["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + (value or 0)
+    counts.update(counter_totals(result, METRICS))
     return dict(sorted(counts.items()))

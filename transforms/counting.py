@@ -5,6 +5,7 @@ from collections import Counter
 from typing import Iterable, Mapping
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 
 
 class SumCounts(beam.CombineFn):
@@ -35,3 +36,13 @@ def sum_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
         first += a
         second += b
     return first, second
+
+
+def counter_totals(result: beam.runners.runner.PipelineResult, namespace: str) -> dict[str, int]:
+    """The Beam counters of one namespace after a finished run, by name (committed values where the
+    runner has them, else attempted), for the commands that print their counts."""
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    return dict(sorted(totals.items()))

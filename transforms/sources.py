@@ -28,7 +28,7 @@ import json
 import posixpath
 import tarfile
 import zlib
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -51,12 +51,13 @@ METADATA_UNREADABLE = "metadata_unreadable"
 IMAGE_UNREADABLE = "image_unreadable"
 
 
-def _matched_paths(pattern: str, source: str, field: str) -> Iterator[str]:
-    """The files a source's glob matches, on a worker; a pattern matching nothing is a config or
-    data mistake (a typo, an unmounted bucket) that must not build an empty dataset with exit 0."""
+def matched_paths(pattern: str, owner: str) -> Iterator[str]:
+    """The files a glob matches, on a worker; a pattern matching nothing is a config or data mistake
+    (a typo, an unmounted bucket) that must not build an empty dataset with exit 0. `owner` names the
+    setting in the error ("source 'coco' field urls")."""
     matches = FileSystems.match([pattern])[0].metadata_list
     if not matches:
-        raise InputError(pattern, f"source {source!r} field {field}: the pattern matches no files")
+        raise InputError(pattern, f"{owner}: the pattern matches no files")
     yield from sorted(m.path for m in matches)
 
 
@@ -219,39 +220,52 @@ def _parquet_columns(spec: ParquetSource) -> dict[str, str]:
     return {getattr(spec, f): f for f in fields if getattr(spec, f)}
 
 
-def parquet_row_groups(spec: ParquetSource, path: str) -> Iterator[tuple[str, int]]:
+def checked_row_groups(path: str, columns: Mapping[str, str], owner: str) -> Iterator[tuple[str, int]]:
     """(path, row group index) for each row group of one file, after checking from its footer that
-    it is Parquet and holds every configured column (InputError naming the file otherwise)."""
+    it is Parquet and holds every column of `columns` (column -> the setting naming it); InputError
+    naming the file, `owner` ("source 'm30k'") and the setting otherwise."""
     with open_ranged(path) as f:
         try:
             parquet = pq.ParquetFile(f)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet
-            raise InputError(path, f"source {spec.name!r}: not a readable Parquet file ({one_line(e)})") from None
+            raise InputError(path, f"{owner}: not a readable Parquet file ({one_line(e)})") from None
         names = parquet.schema_arrow.names
-        for column, field in _parquet_columns(spec).items():
+        for column, field in columns.items():
             if column not in names:
-                raise InputError(path, f"source {spec.name!r} {field}: column {column!r} is not in the file; "
+                raise InputError(path, f"{owner} {field}: column {column!r} is not in the file; "
                                        f"its columns are {names}")
         groups = parquet.num_row_groups
     for index in range(groups):
         yield path, index
 
 
-def read_parquet_row_group(spec: ParquetSource, item: tuple[str, int]) -> Iterator[SourceOutput]:
-    """The rows of one row group, streamed in batches, as records or rejections."""
-    path, group = item
-    columns = list(_parquet_columns(spec))
+def row_group_rows(path: str, group: int, columns: list[str], owner: str) -> Iterator[dict]:
+    """The rows (dicts of `columns`) of one row group, streamed in batches; InputError naming the
+    file when it cannot be read."""
     row = 0
     with open_ranged(path) as f:
         try:
             batches = pq.ParquetFile(f).iter_batches(batch_size=256, row_groups=[group], columns=columns)
             for batch in batches:
                 for values in batch.to_pylist():
-                    yield parse_parquet_row(spec, values, where=(path, group, row))
+                    yield values
                     row += 1
         except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError), ArrowIOError (OSError)
-            raise InputError(path, f"source {spec.name!r}: row group {group} cannot be read after row {row} "
+            raise InputError(path, f"{owner}: row group {group} cannot be read after row {row} "
                                    f"({one_line(e)})") from None
+
+
+def parquet_row_groups(spec: ParquetSource, path: str) -> Iterator[tuple[str, int]]:
+    """(path, row group index) for each row group of one file holding every configured column."""
+    return checked_row_groups(path, _parquet_columns(spec), f"source {spec.name!r}")
+
+
+def read_parquet_row_group(spec: ParquetSource, item: tuple[str, int]) -> Iterator[SourceOutput]:
+    """The rows of one row group, streamed in batches, as records or rejections."""
+    path, group = item
+    rows = row_group_rows(path, group, list(_parquet_columns(spec)), f"source {spec.name!r}")
+    for index, values in enumerate(rows):
+        yield parse_parquet_row(spec, values, where=(path, group, index))
 
 
 def parse_parquet_row(spec: ParquetSource, row: dict, where: tuple[str, int, int]) -> SourceOutput:
@@ -323,13 +337,13 @@ class ReadSource(beam.PTransform):
         elif isinstance(spec, WebDatasetSource):
             raw = (pbegin
                    | "Pattern" >> beam.Create([spec.urls])
-                   | "Match" >> beam.FlatMap(_matched_paths, spec.name, "urls")
+                   | "Match" >> beam.FlatMap(matched_paths, f"source {spec.name!r} field urls")
                    | "SpreadUrls" >> beam.Reshuffle()
                    | "ParseTars" >> beam.FlatMap(lambda url, s=spec: parse_webdataset_tar(s, url)))
         else:
             raw = (pbegin
                    | "Pattern" >> beam.Create([spec.files])
-                   | "Match" >> beam.FlatMap(_matched_paths, spec.name, "files")
+                   | "Match" >> beam.FlatMap(matched_paths, f"source {spec.name!r} field files")
                    | "SpreadFiles" >> beam.Reshuffle()
                    | "RowGroups" >> beam.FlatMap(lambda path, s=spec: parquet_row_groups(s, path))
                    | "SpreadRowGroups" >> beam.Reshuffle()

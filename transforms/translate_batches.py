@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import os
 import uuid
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional, Protocol
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -43,11 +43,22 @@ from transforms.translation_store import part_exists, part_path, read_part, writ
 GROUP_BATCHES = 16  # batches per group of misses, on average at most: bounded, and few partial batches
 
 
+class Keyed(Protocol):
+    """What BatchMisses cuts into batches: a TranslationRequest, or an imported verdict
+    (pipeline/import_translations.py, which writes its store parts the same way)."""
+
+    @property
+    def text_hash(self) -> str: ...
+
+    @property
+    def lang(self) -> str: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Batch:
     name: str  # its store part's name
     lang: str
-    requests: tuple[TranslationRequest, ...]  # sorted by text hash
+    requests: tuple[Keyed, ...]  # sorted by text hash; TranslationRequests in the translate step
 
 
 def batch_name(fingerprint: str, lang: str, text_hashes: Iterable[str]) -> str:
@@ -65,13 +76,12 @@ def bucket_bits(misses: int, batch_size: int) -> int:
     return bits
 
 
-def _bucket(request: TranslationRequest, misses: Mapping[str, int],
-            batch_size: int) -> tuple[tuple[str, int], TranslationRequest]:
+def _bucket(request: Keyed, misses: Mapping[str, int], batch_size: int) -> tuple[tuple[str, int], Keyed]:
     bits = bucket_bits(misses[request.lang], batch_size)
     return (request.lang, int(request.text_hash[:16], 16) >> (64 - bits)), request
 
 
-def _cut(group: tuple[tuple[str, int], Iterable[TranslationRequest]], fingerprint: str,
+def _cut(group: tuple[tuple[str, int], Iterable[Keyed]], fingerprint: str,
          batch_size: int) -> Iterator[Batch]:
     (lang, _), requests = group
     ordered = sorted(requests, key=lambda r: r.text_hash)
@@ -81,7 +91,8 @@ def _cut(group: tuple[tuple[str, int], Iterable[TranslationRequest]], fingerprin
 
 
 class BatchMisses(beam.PTransform):
-    """TranslationRequests -> Batches of at most batch_size, a function of the requests alone."""
+    """TranslationRequests (or any Keyed elements) -> Batches of at most batch_size, a function of the
+    elements' keys alone."""
 
     def __init__(self, fingerprint: str, batch_size: int):
         super().__init__()
@@ -97,7 +108,7 @@ class BatchMisses(beam.PTransform):
                 | "Cut" >> beam.FlatMap(_cut, self.fingerprint, self.batch_size))
 
 
-def _row(outcome: TranslationOutcome, fingerprint: str) -> dict:
+def store_row(outcome: TranslationOutcome, fingerprint: str) -> dict:
     """The store row of a decided outcome: its verdict, the answer it judged and the checks' version."""
     r = outcome.request
     return {"text_hash": r.text_hash, "lang": r.lang, "fingerprint": fingerprint, "source_text": r.text,
@@ -188,7 +199,7 @@ class TranslateBatches(beam.DoFn):
             yield from self._store(batch, result.outcomes)
 
     def _store(self, batch: Batch, outcomes: list[TranslationOutcome]) -> Iterator[TranslationOutcome]:
-        rows = [_row(o, self.store.fingerprint) for o in outcomes if o.status != STATUS_FAILED]
+        rows = [store_row(o, self.store.fingerprint) for o in outcomes if o.status != STATUS_FAILED]
         stored: dict[str, dict] = {}
         if rows:
             # Another attempt of this bundle may have written the part meanwhile: keep its rows then.
