@@ -36,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.group_bounds import with_jpeg_comment  # noqa: E402  (after the path: run as a script)
+from schemas.layout import STATS  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "coco-val2017-sample"
 CLI = Path(sys.executable).with_name("florenz-data")
@@ -178,7 +179,7 @@ def beam_build(n: int, replica: Replica, root: Path, extra: list[str]) -> Measur
     path = root / f"config-{n}.yaml"
     path.write_text(yaml.safe_dump(config))
     result = timed([str(CLI), "build", str(path), "--allow-missing-translations", *extra])
-    stats = json.loads((out / "stats.json").read_text())
+    stats = json.loads((out / STATS).read_text())
     if stats["images"]["written"] != n:
         raise RuntimeError(f"beam build wrote {stats['images']['written']} of {n} images")
     shutil.rmtree(out)

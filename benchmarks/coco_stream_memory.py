@@ -27,6 +27,9 @@ from typing import Optional
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from schemas.layout import STATS  # noqa: E402  (after the path: run as a script)
+
 SAMPLE = Path(os.environ.get("FLORENZ_SHARED_DATA", REPO.parent / "shared" / "data")) / "coco-val2017-sample"
 CLI = Path(sys.executable).with_name("florenz-data")
 PLAN = {"languages": ["en", "de"], "caption_languages": ["en", "de"], "translation_languages": ["de"],
@@ -93,7 +96,7 @@ def measure_build(workdir: Path, size_mb: int, images: int, sample: Path = SAMPL
     held = write_coco_file(captions, sample, size_mb, images)
     rc, peak, seconds, output = peak_rss([str(CLI), "build", str(build_config(workdir, captions, sample)),
                                           "--allow-missing-translations"], timeout=timeout)
-    stats_path = workdir / "out" / "stats.json"
+    stats_path = workdir / "out" / STATS
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else None
     return {**held, "rc": rc, "peak_rss_mib": peak, "seconds": seconds, "output": output, "stats": stats}
 

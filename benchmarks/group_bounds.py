@@ -37,6 +37,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from schemas.layout import MISSING_TEXTS, REJECTS_DIR, STATS  # noqa: E402  (after the path: run as a script)
+from schemas.records import SPLIT_TRAIN  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 SAMPLE_IMAGES = SHARED / "coco-val2017-sample" / "images"
@@ -50,7 +52,7 @@ MULTIPLICITY = 2  # copies of one content, uses of one text, images under one id
 LIFTED_TOTALS = {"SumRead", "RejectCounts"}
 # Fill up to records_per_part, then split (transforms/sorted_parts.py): bounded absolutely, so not
 # compared across sizes (below records_per_part, one part holds every record of its kind).
-FILLED_PARTS = {"parts:rejects", "parts:missing_translations"}
+FILLED_PARTS = {f"parts:{REJECTS_DIR}", f"parts:{MISSING_TEXTS}"}
 RECORDS_PER_PART = 1000  # for the rejects parts: small enough that the 50k run splits them
 FACTOR = 2.0  # images per bucket average in (images_per_bucket / 2, images_per_bucket] at any size
 
@@ -176,7 +178,7 @@ def build_and_measure(data: Synthetic, root: Path, store: Path, run_plan: dict, 
         result = p.run()
         result.wait_until_finish()
     seconds = time.perf_counter() - start
-    stats = json.loads((Path(config.output) / "stats.json").read_text())
+    stats = json.loads((Path(config.output) / STATS).read_text())
     return Measured(group_maxima(result), seconds, stats)
 
 
@@ -205,7 +207,7 @@ def unmeasured(runs: list[dict[str, int]], run_plan: dict) -> list[str]:
     with no input reports nothing: the empty store's OnePerKey). These builds leave missing
     translations out (counted), so they write no missing-translations report: its parts come from
     the same WriteSortedParts as the rejects', measured here."""
-    expected = (set(bounds(run_plan)) | LIFTED_TOTALS) - {"parts:missing_translations"}
+    expected = (set(bounds(run_plan)) | LIFTED_TOTALS) - {f"parts:{MISSING_TEXTS}"}
     seen = set().union(*runs)
     return ([f"{name}: not measured in any run" for name in sorted(expected - seen)]
             + [f"{name}: measured, but has no bound" for name in sorted(seen - expected)])
@@ -251,7 +253,7 @@ def shuffled_records() -> list[tuple[str, str, int, int]]:
     found = tuple((lang, f"[{lang}] {image.captions[0]}") for lang in LANGUAGES)
     entry = StoreEntry("accepted", found[0][1], None)
     translations = {text_hash(c): {lang: f"[{lang}] {c}" for lang in LANGUAGES} for c in image.captions}
-    member = shard_member(image, "train", CoveragePlan.from_dict(plan(1000, 4096)), translations)
+    member = shard_member(image, SPLIT_TRAIN, CoveragePlan.from_dict(plan(1000, 4096)), translations)
     texts, entries = len(caps), len(caps) * len(LANGUAGES)
     rows = [("Unique", "(text hash, text)", (h, image.captions[0]), texts),
             ("OnePerKey", "((text hash, lang), StoreEntry)", ((h, "de"), entry), entries),
@@ -262,10 +264,10 @@ def shuffled_records() -> list[tuple[str, str, int, int]]:
             ("JoinStore", "(text hash, its buckets)", (h, (1234,)), texts),
             ("JoinStore", "(text hash, (lang, translation))", (h, found[0]), entries),
             ("KeptPerKey", "(key, (source_id, sha256))", (image.key, (image.source_id, image.sha256)), 1),
-            ("BucketSizes", "((split, bucket), None), before lifting", (("train", 1234), None), 1),
+            ("BucketSizes", "((split, bucket), None), before lifting", ((SPLIT_TRAIN, 1234), None), 1),
             ("JoinBuckets", "(bucket, ValidImage)", (1234, image), 1),
             ("JoinBuckets", "(bucket, (text hash, 5 translations))", (1234, (h, found)), texts),
-            ("GroupShards", "((split, shard), (position, ShardMember))", (("train", 1234), (17, member)), 1)]
+            ("GroupShards", "((split, shard), (position, ShardMember))", ((SPLIT_TRAIN, 1234), (17, member)), 1)]
     coder = beam.coders.registry.get_coder(typing.Any)
     return [(grouping, record, len(coder.encode(element)), per_image) for grouping, record, element, per_image in rows]
 

@@ -22,6 +22,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from model.data import (AnnotationSampler, Collator, ResumableShardStream, decode_image,  # noqa: E402
                         image_transform, shard_samples, shard_urls, split_key_counts, train_loader)
+from schemas.records import SPLIT_TRAIN  # noqa: E402
 from tests.train_support import train_tokenizers  # noqa: E402
 
 
@@ -42,11 +43,11 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    urls = shard_urls(args.output, "train")
+    urls = shard_urls(args.output, SPLIT_TRAIN)
     transform = image_transform(args.image_size)
     encoder_dir, decoder_dir = train_tokenizers(Path(tempfile.mkdtemp()))
     collator = Collator(AutoTokenizer.from_pretrained(encoder_dir), AutoTokenizer.from_pretrained(decoder_dir))
-    sampler = AnnotationSampler.from_setting("uniform", split_key_counts(args.output, "train"))
+    sampler = AnnotationSampler.from_setting("uniform", split_key_counts(args.output, SPLIT_TRAIN))
 
     def loader(workers: int):
         def produce(n: int) -> None:

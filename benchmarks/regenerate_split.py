@@ -25,6 +25,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from build_throughput import CLI, Replica, replicate, timed  # noqa: E402
+from schemas.layout import STATS  # noqa: E402
+from schemas.records import SPLIT_TRAIN  # noqa: E402
 
 PAPER = {"languages": ["en", "de", "fr", "es", "ru", "zh"], "caption_languages": ["en", "de"],
          "translation_languages": ["de", "fr", "es", "ru", "zh"], "eval_fraction": 0.05, "seed": 0,
@@ -50,12 +52,12 @@ def build(name: str, plan: dict, replica: Replica, root: Path, beam_args: list[s
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     measured = timed([str(CLI), "build", str(path), *beam_args])
-    stats = json.loads((root / name / "stats.json").read_text())
+    stats = json.loads((root / name / STATS).read_text())
     translation = stats["translation"]
     if translation.get("sent") or translation.get("translated") or translation.get("not_in_store"):
         raise RuntimeError(f"{name}: the build called or needed the translator: {translation}")
     return {"seconds": measured.seconds, "rss": measured.peak_rss, "images": stats["images"]["written"],
-            "cache_hits": translation.get("cache_hits_accepted", 0), "train": stats["splits"]["train"]["annotations"]}
+            "cache_hits": translation.get("cache_hits_accepted", 0), "train": stats["splits"][SPLIT_TRAIN]["annotations"]}
 
 
 def main() -> int:

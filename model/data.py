@@ -26,11 +26,11 @@ from torchvision import transforms
 
 from model.prompts import decoder_prefix, encoder_prompt
 from model.modeling import IGNORE_INDEX
+from schemas.layout import IMAGE_EXTENSIONS, JSON_EXTENSION, STATS, index_entries, index_name
 from schemas.sample import Annotation, decode_sample_json, task_language
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
@@ -45,10 +45,10 @@ def image_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
 
 def decode_image(sample: Mapping[str, Any]) -> Image.Image:
     """A shard sample's image as the model sees it (see to_rgb); every loader path decodes here."""
-    for ext in IMAGE_EXTENSIONS:
+    for ext in IMAGE_EXTENSIONS.values():
         if ext in sample:
             return to_rgb(Image.open(io.BytesIO(sample[ext])))
-    raise ValueError(f"sample {sample.get('__key__')} has no image ({', '.join(IMAGE_EXTENSIONS)})")
+    raise ValueError(f"sample {sample.get('__key__')} has no image ({', '.join(IMAGE_EXTENSIONS.values())})")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -106,7 +106,7 @@ class AnnotationSampler:
 
 def split_key_counts(output: str, split: str) -> dict[str, int]:
     """Annotations per task-language key in one split of a pipeline output (from its stats.json)."""
-    with wds.gopen(f"{output.rstrip('/')}/stats.json", "rb") as f:
+    with wds.gopen(output_path(output, STATS), "rb") as f:
         stats = json.load(f)
     return {key: int(count) for key, count in stats["splits"][split]["annotations"].items()}
 
@@ -207,7 +207,7 @@ class ResumableShardStream(IterableDataset):
             for index, sample in enumerate(_shuffled(shard_samples(url), self.shuffle_buffer, shard_rng)):
                 if index < skip:
                     continue
-                _, annotations = decode_sample_json(sample["json"])
+                _, annotations = decode_sample_json(sample[JSON_EXTENSION])
                 annotation = self.sampler.draw(annotations, _rng(self.seed, "annotation", stream, draw, index))
                 if annotation is not None:
                     yield Example(self.transform(decode_image(sample)), annotation, sample["__key__"],
@@ -236,7 +236,7 @@ def eval_examples(urls: list[str], transform: Callable, keys_wanted: Optional[se
     for sample in eval_samples(urls):
         if max_images is not None and images >= max_images:
             return
-        _, annotations = decode_sample_json(sample["json"])
+        _, annotations = decode_sample_json(sample[JSON_EXTENSION])
         chosen = [a for a in annotations if keys_wanted is None or task_language(a.task, a.lang) in keys_wanted]
         if chosen:
             images += 1
@@ -245,8 +245,16 @@ def eval_examples(urls: list[str], transform: Callable, keys_wanted: Optional[se
                 yield Example(image, annotation, sample["__key__"])
 
 
+def output_path(output: str, relpath: str) -> str:
+    """A file of a pipeline output (schemas/layout.py names them), joined as the pipeline joined it when
+    writing: Beam's FileSystems.join, right for local folders, gs:// and s3:// alike."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(output, relpath)
+
+
 def shard_urls(output: str, split: str) -> list[str]:
     """The shards of one split of a pipeline output, from its wids index (local path or gs://)."""
-    with wds.gopen(f"{output.rstrip('/')}/{split}.index.json", "rb") as f:
+    with wds.gopen(output_path(output, index_name(split)), "rb") as f:
         index = json.load(f)
-    return [f"{output.rstrip('/')}/{entry['url']}" for entry in index["shardlist"]]
+    return [output_path(output, entry.url) for entry in index_entries(index)]

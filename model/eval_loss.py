@@ -10,9 +10,10 @@ import torch
 import webdataset as wds
 import yaml
 
-from model.data import Collator, Example, eval_examples, shard_urls
+from model.data import Collator, Example, eval_examples, output_path, shard_urls
 from schemas.coverage import CoveragePlan
-from schemas.records import TASK_CAPTION, TASK_TRANSLATION
+from schemas.layout import CONFIG_COPY
+from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION
 from schemas.sample import task_language
 
 SEEN_CAPTION, SEEN_TRANSLATION, UNSEEN_CAPTION = "seen_caption", "seen_translation", "unseen_caption"
@@ -20,7 +21,7 @@ SEEN_CAPTION, SEEN_TRANSLATION, UNSEEN_CAPTION = "seen_caption", "seen_translati
 
 def output_plan(output: str) -> CoveragePlan:
     """The coverage plan a pipeline output was built with (its resolved config.yaml)."""
-    with wds.gopen(f"{output.rstrip('/')}/config.yaml", "rb") as f:
+    with wds.gopen(output_path(output, CONFIG_COPY), "rb") as f:
         return CoveragePlan.from_dict(yaml.safe_load(f)["plan"])
 
 
@@ -43,7 +44,7 @@ def batched(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
 def evaluate_loss(model, output: str, transform, collator: Collator, batch_size: int, max_images: int,
                   device: torch.device, autocast) -> dict[str, float]:
     """Mean token cross-entropy per test set and per task-language key ("loss/<set>", "loss/<key>")."""
-    urls = shard_urls(output, "eval")
+    urls = shard_urls(output, SPLIT_EVAL)
     if not urls:  # an output built without an eval split
         return {}
     sets = test_sets(output_plan(output))

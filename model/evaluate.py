@@ -27,7 +27,7 @@ from model.generate import generate
 from model.modeling import FlorenzModel
 from model.factory import load_tokenizers
 from model.train_config import TrainConfig, load_train_config
-from schemas.records import TASK_CAPTION
+from schemas.records import SPLIT_EVAL, TASK_CAPTION
 from schemas.sample import task_language
 
 _PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
@@ -63,7 +63,7 @@ def evaluate(config: TrainConfig, checkpoint: Path, num_beams: int, use_prefix: 
     inputs: dict[str, list[Example]] = defaultdict(list)
     references: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     seen: set[tuple[str, str]] = set()
-    for example in eval_examples(shard_urls(config.data.output, "eval"), image_transform(config.data.image_size),
+    for example in eval_examples(shard_urls(config.data.output, SPLIT_EVAL), image_transform(config.data.image_size),
                                  set().union(*sets.values()), max_images):
         key = task_language(example.annotation.task, example.annotation.lang)
         item = example.key if example.annotation.task == TASK_CAPTION else f"{example.key}|{example.annotation.source}"

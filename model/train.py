@@ -33,6 +33,7 @@ from model.factory import build_model, load_tokenizers
 from model.modeling import FlorenzModel
 from model.optim import flops_per_token, optimizer_for, warmup_cosine
 from model.train_config import TrainConfig, load_train_config
+from schemas.records import SPLIT_TRAIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +125,10 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
                              f"resume with as many")
 
     transform = image_transform(data.image_size)
-    sampler = AnnotationSampler.from_setting(data.balance, split_key_counts(data.output, "train"))
+    sampler = AnnotationSampler.from_setting(data.balance, split_key_counts(data.output, SPLIT_TRAIN))
     collator = Collator(encoder_tokenizer, decoder_tokenizer, data.max_prompt_tokens, data.max_target_tokens,
                         data.decoder_prefix)
-    stream = ResumableShardStream(shard_urls(data.output, "train"), sampler, transform, config.run.seed,
+    stream = ResumableShardStream(shard_urls(data.output, SPLIT_TRAIN), sampler, transform, config.run.seed,
                                   procs.rank, data.shuffle_buffer, start=positions,
                                   rotation=counters["consumed"] % max(1, data.workers))
     image_tokens = model.image_tokens(data.image_size)

@@ -17,6 +17,7 @@ import apache_beam as beam
 
 from pipeline.dataflow_checks import check_dataflow_translation
 from schemas.config import RunConfig, TranslatorConfig
+from schemas.errors import ConfigError
 from schemas.records import Rejection, SourceRecord
 from transforms.counting import sum_pairs
 from transforms.coverage import AssignCoverage
@@ -68,6 +69,17 @@ def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[
     return texts | "Translations" >> TranslateTexts(config.store, translator, config.plan.translation_languages)
 
 
+def require_translator(config: RunConfig, command: str) -> TranslatorConfig:
+    """The config's translator, or a ConfigError naming the field: `translate` and `run` exist to send
+    captions to a server, so without one they refuse rather than quietly do less."""
+    if config.translator is None:
+        raise ConfigError("translator", f"`{command}` sends captions to a vLLM server and the config has no "
+                                        "translator section (translator.model with translator.endpoints or "
+                                        "translator.managed); to build shards from the store alone run "
+                                        "`florenz-data build CONFIG`")
+    return config.translator
+
+
 def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bool = False,
                  allow_missing: bool = False) -> beam.PCollection:
     """Add the whole build to `p` (translating store misses when `translate`); returns the stats.
@@ -80,7 +92,7 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     the missing texts are listed in OUTPUT/missing_translations/ instead. With `allow_missing`
     the annotations are left out and counted (stats.json: missing_translation)."""
     inputs = read_inputs(p, config, run_staging(config.output, run_id))
-    translated = _translate(inputs, config, config.translator if translate else None)
+    translated = _translate(inputs, config, require_translator(config, "run") if translate else None)
     gate = {} if allow_missing else {
         "missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output, run_id)}
     planned = (inputs.images, translated["translations"]) | "Coverage" >> AssignCoverage(config.plan)
@@ -97,7 +109,5 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
 
 def translate_store(p: beam.Pipeline, config: RunConfig, run_id: str) -> beam.PCollection:
     """Fill the store for every caption the sources hold; returns the translation summary."""
-    if config.translator is None:
-        raise ValueError("translate needs a `translator` section in the config")
-    translated = _translate(read_inputs(p, config), config, config.translator)
+    translated = _translate(read_inputs(p, config), config, require_translator(config, "translate"))
     return translated["summary"] | "WriteStats" >> beam.ParDo(WriteTranslationStats(config.output, run_id))

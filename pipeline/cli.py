@@ -1,7 +1,8 @@
 """`florenz-data`: build shards, translate captions, verify outputs, evaluate a translator.
 
     florenz-data build CONFIG [beam options]       shards from the sources + translation store
-    florenz-data translate CONFIG [beam options]   fill the store only (vLLM translator)
+    florenz-data translate CONFIG [beam options]   fill the store only (vLLM translator); a finished build
+                                                   in the output stays complete
     florenz-data run CONFIG [beam options]         translate the store's misses and build, in one pipeline
     florenz-data verify OUTPUT [fs options]        re-read an output and check every invariant
     florenz-data report OUTPUT [--diff OTHER] [fs options]   coverage heatmap + tables, what an ablation changed
@@ -15,12 +16,21 @@ Beam options pass through: --direct_num_workers 2 --direct_running_mode multi_pr
 --runner DataflowRunner ..., --runner PrismRunner --prism_location BINARY. Every command takes Beam's
 filesystem options (fs options) for its s3:// or gs:// paths: --s3_endpoint_url URL --s3_access_key_id ID
 --s3_secret_access_key KEY --s3_region_name REGION, --project P ...
+
+The translator is the config's `translator` section; --endpoint URL (a server you run) or
+--managed-command CMD (a server the run starts and stops) with --model M replace its server.
+`translate` and `run` without a translator section stop before touching anything.
+
+Exit codes: 0 done; 1 done, but something needs a look (failed requests, unbalanced counts, verify's
+problems); 2 stopped with one line saying why (`config error: FIELD: ...`, an unusable input file, a
+build missing translations, an output another run holds).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import shlex
 import sys
 from typing import TYPE_CHECKING, Optional
 
@@ -28,6 +38,9 @@ from schemas.errors import ConfigError, HideTaggedErrors, find_tagged_error
 
 if TYPE_CHECKING:
     from schemas.config import RunConfig
+
+
+TRANSLATING = ("translate", "run")  # the commands that send captions to a translator
 
 
 def _beam_args(rest: list[str]) -> list[str]:
@@ -43,13 +56,18 @@ def _load(args: argparse.Namespace):
     overrides = {}
     if getattr(args, "endpoint", None):
         overrides["endpoints"] = args.endpoint
+    if getattr(args, "managed_command", None):
+        overrides["managed"] = {"command": shlex.split(args.managed_command),
+                                "args": shlex.split(args.managed_args or "")}
+    elif getattr(args, "managed_args", None):
+        raise ConfigError("--managed-args", "needs --managed-command (the server those flags are for)")
     if getattr(args, "model", None):
         overrides["model"] = args.model
     if getattr(args, "retry_rejected", False):
         overrides["retry_rejected"] = True
     config = load_config(args.config, overrides)
     if overrides and config.translator is None:
-        raise ConfigError("translator", "--endpoint/--model/--retry-rejected need a translator")
+        raise ConfigError("translator", "--endpoint/--managed-command/--model/--retry-rejected need a translator")
     return config
 
 
@@ -59,16 +77,19 @@ def _pipeline(args: argparse.Namespace, rest: list[str], build) -> Optional[RunC
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipeline.build import require_translator
     from pipeline.object_stores import check_s3, config_paths
     from pipeline.output_run import output_run
 
     config = _load(args)
+    if args.command in TRANSLATING:  # refused before the output is touched
+        require_translator(config, args.command)
     options = PipelineOptions(_beam_args(rest))
     if args.dry_run:
         _dry_run(options, config, lambda p, c: build(p, c, "dry-run"))
         return None
     check_s3(config_paths(config), options)
-    with output_run(config, args.command, writes_store=args.command in ("translate", "run")) as run_id:
+    with output_run(config, args.command, writes_store=args.command in TRANSLATING) as run_id:
         logging.info("%s: %s, %d source(s) -> %s (run %s)", args.command, args.config, len(config.sources),
                      config.output, run_id)
         with beam.Pipeline(options=options) as p:
@@ -114,9 +135,9 @@ def _dry_run(options, config, build) -> None:
 def _build(args: argparse.Namespace, rest: list[str]) -> int:
     from pipeline.build import build_shards
     from pipeline.summary import print_build_summary, report_failures, report_missing
+    from schemas.layout import MISSING_TEXTS, STATS
     from transforms.atomic import join
-    from transforms.finalize import STATS
-    from transforms.missing import MISSING_TEXTS, read_missing_summary
+    from transforms.missing import read_missing_summary
 
     translate = args.command == "run"
     config = _pipeline(args, rest, lambda p, c, run_id: build_shards(
@@ -137,8 +158,8 @@ def _build(args: argparse.Namespace, rest: list[str]) -> int:
 def _translate(args: argparse.Namespace, rest: list[str]) -> int:
     from pipeline.build import translate_store
     from pipeline.summary import report_failures
+    from schemas.layout import TRANSLATION_STATS
     from transforms.atomic import join
-    from transforms.finalize import TRANSLATION_STATS
 
     config = _pipeline(args, rest, translate_store)
     if config is None:  # a dry run
@@ -223,7 +244,6 @@ def _import_translations(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _report(args: argparse.Namespace, rest: list[str]) -> int:
-    from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.object_stores import check_s3
@@ -232,8 +252,8 @@ def _report(args: argparse.Namespace, rest: list[str]) -> int:
     check_s3([args.output, args.diff, args.out], PipelineOptions(rest))
     written = write_report(args.output, args.out, args.diff)
     print(_read_text(written["report"]))
-    if "diff" in written:
-        print(_read_text(FileSystems.join(FileSystems.split(written["report"])[0], "diff.md")))
+    if "diff_report" in written:
+        print(_read_text(written["diff_report"]))
     return 0
 
 
@@ -246,8 +266,14 @@ def _read_text(path: str) -> str:
 
 
 def _translator_flags(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--endpoint", action="append", default=None,
-                         help="URL of a vLLM server you run (http://host:8000/v1); repeat to spread requests")
+    server = command.add_mutually_exclusive_group()
+    server.add_argument("--endpoint", action="append", default=None,
+                        help="URL of a vLLM server you run (http://host:8000/v1); repeat to spread requests")
+    server.add_argument("--managed-command", default=None,
+                        help="start a vLLM server for the run and stop it after (translator.managed.command), "
+                             "e.g. '.venv-vllm/bin/python -m vllm.entrypoints.openai.api_server'")
+    command.add_argument("--managed-args", default=None,
+                         help="that server's extra flags, one string: --managed-args='--dtype float32'")
     command.add_argument("--model", default=None, help="the model that server serves (vllm serve MODEL)")
 
 

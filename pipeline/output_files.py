@@ -18,12 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.arrow import MANIFEST_SCHEMA
 from schemas.errors import InputError
+from schemas.layout import LEGACY_FILES, MANIFEST_DIR, PART_NAME, REJECTS_DIR, shard_of_manifest_part
 from transforms.atomic import join
-from transforms.finalize import LEGACY_FILES
-from transforms.rejects import REJECTS_DIR
 from transforms.run_folder import files_under
-from transforms.shard_writer import MANIFEST_DIR, shard_of_manifest_part
-from transforms.sorted_parts import PART_NAME
 
 
 def refuse_old_layout(output: str) -> None:

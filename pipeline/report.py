@@ -28,10 +28,10 @@ from pipeline.output_files import read_manifest, refuse_old_layout
 from schemas.arrow import STATUS_ACCEPTED
 from schemas.coverage import CoveragePlan
 from schemas.errors import InputError
-from schemas.records import SPLITS, TASKS
+from schemas.layout import CONFIG_COPY, REPORT_DIR, STATS, SUCCESS
+from schemas.records import SPLIT_TRAIN, SPLITS, TASK_CAPTION, TASKS
 from schemas.sample import task_language
 from transforms.atomic import join, write_bytes_atomic
-from transforms.finalize import CONFIG_COPY, STATS, SUCCESS
 from transforms.range_reader import open_ranged
 from transforms.store_verdicts import checks_version
 from transforms.translation_store import REREADS, partition_dir, partition_parts
@@ -65,7 +65,7 @@ class Output:
 
     def held_out(self, split: str, task: str, lang: str) -> bool:
         """A caption label the plan withholds from training."""
-        return split == "train" and task == "caption" and lang in self.plan.held_out_caption_languages
+        return split == SPLIT_TRAIN and task == TASK_CAPTION and lang in self.plan.held_out_caption_languages
 
     def translation_acceptance(self) -> dict[str, dict[str, int]]:
         """Per language of the plan: accepted and rejected-per-reason entries of this run's store
@@ -134,7 +134,7 @@ def heatmap(output: Output) -> bytes:
         for i, task in enumerate(TASKS):
             for j, lang in enumerate(langs):
                 held = output.held_out(split, task, lang)
-                source = task != "caption" and lang == output.plan.source_language
+                source = task != TASK_CAPTION and lang == output.plan.source_language
                 label = "held out" if held else "source" if source else f"{grid[i][j]:,}"
                 ax.text(j, i, label, ha="center", va="center", fontsize=9,
                         color="crimson" if held else "grey" if source else "black")
@@ -231,17 +231,18 @@ def diff_markdown(result: dict[str, Any], after: Output, before: Output) -> str:
 
 def write_report(root: str, out: Optional[str] = None, against: Optional[str] = None) -> dict[str, Any]:
     """Write the report (and the diff against `against`) into `out` (default ROOT/report), each file
-    atomically; returns their paths, and the diff itself under "diff"."""
+    atomically; returns the paths of report.md ("report"), coverage.png ("heatmap") and diff.md
+    ("diff_report"), and the diff itself ("diff")."""
     output = Output(root)
     before = Output(against) if against else None
-    folder = out or join(output.root, "report")
+    folder = out or join(output.root, REPORT_DIR)
     files = {"coverage.png": heatmap(output), "report.md": report_markdown(output).encode("utf-8")}
     written: dict[str, Any] = {"report": join(folder, "report.md"), "heatmap": join(folder, "coverage.png")}
     if before is not None:
         result = diff(output, before)
         files["diff.md"] = diff_markdown(result, output, before).encode("utf-8")
         files["diff.json"] = json.dumps(result, indent=2, sort_keys=True).encode("utf-8")
-        written["diff"] = result
+        written.update(diff=result, diff_report=join(folder, "diff.md"))
     for name, data in files.items():
         write_bytes_atomic(join(folder, name), data, folder)  # a temporary name beside it, renamed
     return written

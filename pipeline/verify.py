@@ -30,14 +30,13 @@ from PIL import Image
 from pipeline.output_files import iter_rejects, manifest_parts, read_manifest_part, refuse_old_layout
 from schemas.coverage import CoveragePlan
 from schemas.errors import InputError
+from schemas.layout import (CONFIG_COPY, JSON_EXTENSION, LEASE, MANIFEST_DIR, REJECTS_DIR, RUNS_DIR, STATS, SUCCESS,
+                            IndexEntry, index_entries, index_name, member_key, shard_glob, shard_glob_relpath,
+                            shard_of_manifest_part)
 from schemas.records import SPLIT_TRAIN, SPLITS, TASK_CAPTION
-from schemas.sample import JSON_EXTENSION, decode_sample_json, task_language
+from schemas.sample import decode_sample_json, task_language
 from transforms.atomic import glob_escape, join
-from transforms.finalize import CONFIG_COPY, STATS, SUCCESS, index_name
-from transforms.lease import LEASE
-from transforms.rejects import REJECTS_DIR
-from transforms.run_folder import RUNS_DIR, files_under
-from transforms.shard_writer import MANIFEST_DIR, shard_of_manifest_part
+from transforms.run_folder import files_under
 
 
 def _read(path: str) -> bytes:
@@ -50,7 +49,7 @@ def iter_tar_samples(data: bytes) -> Iterator[tuple[str, dict[str, bytes]]]:
     key, members = None, {}
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for info in tar:
-            stem, ext = info.name.split(".", 1)
+            stem, ext = member_key(info.name)
             if stem != key and key is not None:
                 yield key, members
                 members = {}
@@ -83,17 +82,17 @@ def verify_output(output: str, decode_images: bool = False) -> list[str]:
     seen_annotations: dict[str, Counter] = {s: Counter() for s in SPLITS}
     written: Counter = Counter()  # images and captions the manifest holds
     for split in SPLITS:
-        index = json.loads(_read(join(output, index_name(split))))
-        listed = {e["url"] for e in index["shardlist"]}
-        on_disk = {f"{split}/{m.path.rsplit('/', 1)[-1]}"
-                   for m in FileSystems.match([join(glob_escape(output), split, "*.tar")])[0].metadata_list}
+        entries = index_entries(json.loads(_read(join(output, index_name(split)))))
+        listed = {entry.url for entry in entries}
+        on_disk = {shard_glob_relpath(split, m.path)
+                   for m in FileSystems.match([join(glob_escape(output), shard_glob(split))])[0].metadata_list}
         for stray in sorted(on_disk - listed):
             problems.append(f"{stray} is not in {index_name(split)}")
-        for entry in index["shardlist"]:
-            part = parts.pop(entry["url"], None)
+        for entry in entries:
+            part = parts.pop(entry.url, None)
             rows: list[dict] = []
             if part is None:
-                problems.append(f"{entry['url']} has no manifest part in {MANIFEST_DIR}/")
+                problems.append(f"{entry.url} has no manifest part in {MANIFEST_DIR}/")
             else:
                 table = read_manifest_part(part)
                 problems += keys.add(table)
@@ -179,22 +178,22 @@ def _repeated(chunks: list) -> pa.Array:
     return pc.unique(rest.filter(pc.equal(rest, ordered.slice(0, len(ordered) - 1))))
 
 
-def _check_shard(output: str, split: str, entry: dict, rows: list[dict], plan: CoveragePlan,
+def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], plan: CoveragePlan,
                  seen: Counter, decode_images: bool) -> list[str]:
-    url = entry["url"]
+    url = entry.url
     path = join(output, url)
     if not FileSystems.exists(path):
         return [f"{url} is listed in {index_name(split)} but missing"]
     data = _read(path)
     problems = []
-    if len(data) != entry["filesize"] or hashlib.md5(data).hexdigest() != entry["md5sum"]:
+    if len(data) != entry.filesize or hashlib.md5(data).hexdigest() != entry.md5sum:
         problems.append(f"{url}: size/md5 differ from {index_name(split)} (tampered or truncated)")
     try:
         samples = list(iter_tar_samples(data))
     except (tarfile.TarError, ValueError) as e:
         return problems + [f"{url}: not a readable tar ({e})"]
-    if len(samples) != entry["nsamples"]:
-        problems.append(f"{url}: {len(samples)} samples, index says {entry['nsamples']}")
+    if len(samples) != entry.nsamples:
+        problems.append(f"{url}: {len(samples)} samples, index says {entry.nsamples}")
     rows = sorted(rows, key=lambda r: r["position"])
     if any(r["shard"] != url for r in rows):
         problems.append(f"{url}: its manifest part holds rows of another shard")

@@ -210,8 +210,10 @@ def load_config(path: str, translator_overrides: Optional[Mapping[str, Any]] = N
     if translator_overrides:
         translator = dict(raw.get("translator") or {})
         translator.update(translator_overrides)
-        if "endpoints" in translator_overrides:
+        if "endpoints" in translator_overrides:  # the command line picks the server: one or the other
             translator.pop("managed", None)
+        if "managed" in translator_overrides:
+            translator.pop("endpoints", None)
         raw = {**raw, "translator": translator}
     return RunConfig.from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)))
 

@@ -21,9 +21,6 @@ SPLIT_TRAIN = "train"
 SPLIT_EVAL = "eval"
 SPLITS = (SPLIT_TRAIN, SPLIT_EVAL)
 
-# Image formats we keep, by PIL format name -> WebDataset member extension.
-IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImageRef:

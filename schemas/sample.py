@@ -1,6 +1,5 @@
-"""The shard sample layout: `<key>.<jpg|png|webp>` (original bytes) + `<key>.json` (UTF-8 JSON).
-
-The JSON holds the sample's metadata and its annotations, each
+"""A shard sample's JSON member (`<key>.json` beside `<key>.<jpg|png|webp>`, named in schemas/layout.py):
+UTF-8 JSON holding the sample's metadata and its annotations, each
 `{"task": caption|translation, "lang": ..., "source": English text (translation only), "target": ...}`.
 """
 from __future__ import annotations
@@ -10,8 +9,6 @@ import json
 from typing import Any, Optional
 
 from schemas.records import TASK_CAPTION, TASKS
-
-JSON_EXTENSION = "json"
 
 
 def task_language(task: str, lang: str) -> str:

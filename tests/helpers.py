@@ -97,19 +97,21 @@ def run_build(config_path: Path, allow_missing: bool = False, *beam_args: str) -
     from pipeline.build import build_shards
     from pipeline.output_run import output_run
     from schemas.config import load_config
+    from schemas.layout import STATS
 
     config = load_config(str(config_path))
     with output_run(config, "build", writes_store=False) as run_id:
         with TestPipeline(options=PipelineOptions(["--runner=DirectRunner", *beam_args])) as p:
             build_shards(p, config, run_id, allow_missing=allow_missing)
-    return json.loads(Path(config.output, "stats.json").read_text())
+    return json.loads(Path(config.output, STATS).read_text())
 
 
 def assert_sorted_parts(folder: Path, records_per_part: int, sort_fields: tuple[str, ...], min_parts: int) -> None:
     """Records spread over ceil(records / records_per_part) parts by the hash of their sort key, each
     part sorted by it."""
     from pipeline.output_files import jsonl_parts
-    from transforms.sorted_parts import bucket_of, part_name, parts_for
+    from schemas.layout import part_name
+    from transforms.sorted_parts import bucket_of, parts_for
 
     parts = jsonl_parts(str(folder))
     assert len(parts) >= min_parts

@@ -79,7 +79,9 @@ def expect(result: CliResult, outcome: str, finding: str, mentions: Iterable[str
 
 
 def read_stats(output: Path) -> dict:
-    return json.loads((output / "stats.json").read_text(encoding="utf-8"))
+    from schemas.layout import STATS
+
+    return json.loads((output / STATS).read_text(encoding="utf-8"))
 
 
 def rejects(output: Path) -> list[dict]:

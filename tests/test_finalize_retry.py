@@ -13,9 +13,9 @@ import yaml
 
 from pipeline.output_files import manifest_parts
 from pipeline.verify import verify_output
+from schemas.layout import LEASE
 from tests.helpers import PAPER_PLAN, coco_captions, coco_source, fill_store, run_build, write_config
 from transforms import finalize
-from transforms.lease import LEASE
 
 CAPTURED: dict = {}
 OPERATIONS = ("write_bytes_atomic", "delete_paths", "delete_tree")  # finalize's writes and deletions

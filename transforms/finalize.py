@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Iterator, Optional
 
 import apache_beam as beam
@@ -25,43 +24,23 @@ import yaml
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.config import RunConfig
+from schemas.layout import (CONFIG_COPY, LEGACY_FILES, MANIFEST_DIR, MISSING_SUMMARY, MISSING_TEXTS, PART_NAME,
+                            REJECTS_DIR, RUNS_DIR, STATS, SUCCESS, SUPERSEDED, TRANSLATION_STATS, index_name,
+                            IndexEntry, index_entries, manifest_part_of_shard, parse_shard, shard_of_intent,
+                            shard_of_manifest_part, wids_index)
 from schemas.records import SPLITS
 from transforms.accounting import compute_stats
 from transforms.atomic import delete_paths, join, write_bytes_atomic
 from transforms.lease import check_lease
-from transforms.missing import MISSING_SUMMARY, MISSING_TEXTS
-from transforms.rejects import REJECTS_DIR, WriteRejects
-from transforms.run_folder import RUNS_DIR, delete_tree, files_under, remove_run_dir, run_dir, run_tmp
-from transforms.shard_writer import (MANIFEST_DIR, ShardResult, manifest_part_of_shard, shard_of_intent,
-                                     shard_of_manifest_part)
-from transforms.sorted_parts import PART_NAME
+from transforms.rejects import WriteRejects
+from transforms.run_folder import delete_tree, files_under, remove_run_dir, run_dir, run_tmp
+from transforms.shard_writer import ShardResult
 
-STATS = "stats.json"
-CONFIG_COPY = "config.yaml"
-SUCCESS = "_SUCCESS"
-SUPERSEDED = "superseded.json"  # in a run folder: earlier shards the run is about to remove
-_SHARD_PATH = re.compile(r"^(%s)/[0-9]{6}\.tar$" % "|".join(SPLITS))
-# What this tool wrote before the manifest, rejects and missing-translation texts became folders of parts.
-LEGACY_FILES = ("manifest.parquet", "rejects.jsonl", "missing_translations.jsonl")
 log = logging.getLogger(__name__)
-
-
-def index_name(split: str) -> str:
-    return f"{split}.index.json"
-
-
-def wids_index(shards: list[ShardResult], name: str) -> dict:
-    """A wids shard index; urls are relative, which wids resolves against the index's folder."""
-    return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name,
-            "shardlist": [{"url": s.path, "md5sum": s.md5, "nsamples": s.nsamples, "filesize": s.filesize}
-                          for s in shards]}
 
 
 def _json_bytes(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-TRANSLATION_STATS = "translation_stats.json"
 
 
 class WriteTranslationStats(beam.DoFn):
@@ -93,22 +72,22 @@ def earlier_shards(output: str) -> set[str]:
     for split in SPLITS:
         path = join(output, index_name(split))
         if FileSystems.exists(path):
-            listed.update(entry["url"] for entry in _read_json(path)["shardlist"])
+            listed.update(entry.url for entry in index_entries(_read_json(path)))
     listed.update(shard_of_manifest_part(path) for path in files_under(join(output, MANIFEST_DIR)))
     for path in files_under(join(output, RUNS_DIR)):
         if path.endswith(f"/{SUPERSEDED}"):
             listed.update(_read_json(path))
         else:
             listed.add(shard_of_intent(path))
-    return {p for p in listed if isinstance(p, str) and _SHARD_PATH.match(p)}
+    return {p for p in listed if parse_shard(p)}
 
 
 def _remove_shards(output: str, shards: list[str]) -> None:
     """Delete these shards and their manifest parts, those still there (a retry finds some gone);
     present files are listed, not probed one by one: thousands of shards on an object store."""
-    wanted = {p for rel in shards for p in (join(output, rel), manifest_part_of_shard(output, rel))}
-    folders = sorted({rel.split("/")[0] for rel in shards}) + [MANIFEST_DIR]
-    present = {p for folder in folders for p in files_under(join(output, folder))}
+    wanted = {join(output, p) for rel in shards for p in (rel, manifest_part_of_shard(rel))}
+    folders = sorted({parse_shard(rel)[0] for rel in shards})  # a split's shards lie in its folder
+    present = {p for folder in [*folders, MANIFEST_DIR] for p in files_under(join(output, folder))}
     delete_paths(sorted(wanted & present))
 
 
@@ -131,7 +110,8 @@ class _Finalize(beam.DoFn):
         write_bytes_atomic(join(run_dir(out, self.run_id), SUPERSEDED), _json_bytes(superseded), tmp)
         for split in SPLITS:
             mine = [s for s in shards if s.split == split]
-            write_bytes_atomic(join(out, index_name(split)), _json_bytes(wids_index(mine, split)), tmp)
+            index = wids_index(split, [IndexEntry(s.path, s.md5, s.nsamples, s.filesize) for s in mine])
+            write_bytes_atomic(join(out, index_name(split)), _json_bytes(index), tmp)
         stats = compute_stats(self.config.plan, read, shards, rejects)
         stats["translation"] = translation
         write_bytes_atomic(join(out, STATS), _json_bytes(stats), tmp)

@@ -23,10 +23,10 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.errors import ConfigError, RunRefused
+from schemas.layout import LEASE
 from transforms.atomic import delete_paths, ensure_dir, join, write_bytes_atomic
 from transforms.run_folder import new_run_id
 
-LEASE = "_lease.json"
 TTL_S = 600.0
 RENEW_S = 30.0
 SETTLE_S = 2.0

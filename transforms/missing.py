@@ -18,13 +18,12 @@ from typing import Iterable, Iterator, Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.layout import MISSING_SUMMARY, MISSING_TEXTS
 from schemas.records import TranslationRequest
 from transforms.atomic import join, write_bytes_atomic
 from transforms.run_folder import remove_run_dir, run_tmp
 from transforms.sorted_parts import PartFormat, WriteSortedParts
 
-MISSING_TEXTS = "missing_translations"  # the folder of parts
-MISSING_SUMMARY = "missing_translations.json"
 NOT_IN_STORE = "not_in_store"
 STALE_VERDICT = "stale_verdict"
 

@@ -8,13 +8,12 @@ from typing import Optional
 
 import apache_beam as beam
 
+from schemas.layout import REJECTS_DIR
 from schemas.records import Rejection
 from transforms.atomic import join
 from transforms.counting import sum_pairs
 from transforms.group_metrics import MeasuredCombinePerKey
 from transforms.sorted_parts import PartFormat, WriteSortedParts
-
-REJECTS_DIR = "rejects"
 
 
 def _sort_key(r: Rejection) -> tuple:

@@ -16,9 +16,8 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.layout import RUN_STAGING, RUN_TMP, RUNS_DIR, run_folder
 from transforms.atomic import delete_paths, glob_escape, join
-
-RUNS_DIR = "_runs"
 
 
 def new_run_id() -> str:
@@ -27,17 +26,17 @@ def new_run_id() -> str:
 
 
 def run_dir(output: str, run_id: str) -> str:
-    return join(output, RUNS_DIR, run_id)
+    return join(output, run_folder(run_id))
 
 
 def run_tmp(output: str, run_id: str) -> str:
     """Temporary names of this run's atomic writes."""
-    return join(run_dir(output, run_id), "tmp")
+    return join(run_dir(output, run_id), RUN_TMP)
 
 
 def run_staging(output: str, run_id: str) -> str:
     """This run's staged images: read by its shard writers, gone with the run folder after _SUCCESS."""
-    return join(run_dir(output, run_id), "staging")
+    return join(run_dir(output, run_id), RUN_STAGING)
 
 
 def files_under(path: str) -> list[str]:

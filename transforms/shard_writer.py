@@ -1,4 +1,5 @@
-"""Write one WebDataset shard per (split, shard index): `<key>.<ext>` + `<key>.json` per sample.
+"""Write one WebDataset shard per (split, shard index): `<key>.<ext>` + `<key>.json` per sample
+(names: schemas/layout.py).
 
 Members are in shard position order, tar metadata is fixed (mtime 0, fixed owner and mode), and
 the JSON is serialized with sorted keys, so the same input gives byte-identical tars. Each shard and
@@ -19,59 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.arrow import MANIFEST_SCHEMA
-from schemas.records import SPLITS, Rejection
-from schemas.sample import JSON_EXTENSION
+from schemas.layout import JSON_EXTENSION, intent, manifest_part, member_name, shard_relpath
+from schemas.records import Rejection
 from transforms.atomic import atomic_create, join, write_bytes_atomic
 from transforms.coverage import ShardMember
 from transforms.image_io import ImageChanged, ImageFetcher, spooled
-from transforms.run_folder import run_dir, run_tmp
+from transforms.run_folder import run_tmp
 
 log = logging.getLogger(__name__)
-
-
-def shard_relpath(split: str, index: int) -> str:
-    return f"{split}/{index:06d}.tar"
-
-
-MANIFEST_DIR = "manifest"  # one Parquet part per shard; the folder reads as one dataset (pyarrow.dataset)
-INTENTS_DIR = "intents"  # in a run's folder: one record per shard the run is writing
-
-
-def manifest_part_path(output: str, split: str, index: int) -> str:
-    """A shard's manifest part, OUTPUT/manifest/<split>-<index>.parquet: written right after its
-    shard, so each part in the folder names a shard some run wrote (transforms/finalize.py)."""
-    return join(output, MANIFEST_DIR, f"{split}-{index:06d}.parquet")
-
-
-def manifest_part_of_shard(output: str, shard: str) -> str:
-    """`shard` is a relative shard path, train/000003.tar."""
-    split, name = shard.split("/")
-    return manifest_part_path(output, split, int(name.removesuffix(".tar")))
-
-
-def _shard_named(stem: str) -> Optional[str]:
-    """The shard (relative path) a `<split>-<index>` name stands for, or None."""
-    split, _, index = stem.partition("-")
-    shaped = split in SPLITS and len(index) == 6 and index.isascii() and index.isdigit()
-    return shard_relpath(split, int(index)) if shaped else None
-
-
-def shard_of_manifest_part(part_path: str) -> Optional[str]:
-    """The shard (relative path) a manifest part names, or None for a file not shaped like a part."""
-    name = part_path.rsplit("/", 1)[-1]
-    return _shard_named(name.removesuffix(".parquet")) if name.endswith(".parquet") else None
-
-
-def intent_path(output: str, run_id: str, split: str, index: int) -> str:
-    """Written in the run's folder before its shard is put in place: a run killed between the tar and
-    its manifest part still names the shard it wrote, so a later run may remove it."""
-    return join(run_dir(output, run_id), INTENTS_DIR, f"{split}-{index:06d}")
-
-
-def shard_of_intent(path: str) -> Optional[str]:
-    """The shard an intent record names, or None for any other file."""
-    folder, _, name = path.rpartition("/")
-    return _shard_named(name) if folder.endswith(f"/{INTENTS_DIR}") else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +106,9 @@ class WriteShard(beam.DoFn):
         images, captions = Counter(), Counter()
         gone: list[Rejection] = []
         relpath = shard_relpath(split, index)
-        write_bytes_atomic(intent_path(self.output, self.run_id, split, index), relpath.encode(),
+        # Written before the shard is put in place: a run killed between the tar and its manifest part
+        # still names the shard it wrote, so a later run may remove it (transforms/finalize.py).
+        write_bytes_atomic(join(self.output, intent(self.run_id, split, index)), relpath.encode(),
                            run_tmp(self.output, self.run_id))
         with spooled(self.fetcher, [sample.image for _, sample in members]) as image_of, \
                 atomic_create(join(self.output, relpath), run_tmp(self.output, self.run_id)) as stream:
@@ -163,7 +121,7 @@ class WriteShard(beam.DoFn):
                         continue
                     for ext, content in sorted({sample.image_format: data,
                                                 JSON_EXTENSION: sample.json_member()}.items()):
-                        _add_member(tar, f"{sample.key}.{ext}", content)
+                        _add_member(tar, member_name(sample.key, ext), content)
                     totals.update(dict(sample.annotations))
                     missing.update(dict(sample.missing))
                     images[sample.source] += 1
@@ -184,5 +142,6 @@ class WriteShard(beam.DoFn):
     def _write_manifest_part(self, split: str, index: int, rows: list[dict]) -> None:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), buffer)
-        write_bytes_atomic(manifest_part_path(self.output, split, index), buffer.getvalue(),
+        # Written right after its shard, so each part in the folder names a shard some run wrote.
+        write_bytes_atomic(join(self.output, manifest_part(split, index)), buffer.getvalue(),
                            run_tmp(self.output, self.run_id))

@@ -19,19 +19,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import apache_beam as beam
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from schemas.layout import MAX_PARTS, part_name
 from transforms.atomic import atomic_create, join
 from transforms.group_metrics import MeasuredGroupByKey
 from transforms.run_folder import run_tmp
 
-PART_NAME = re.compile(r"^part-[0-9]{5}\.jsonl$")
-MAX_PARTS = 100_000  # the part name has five digits
 
 
 class PartsOptions(PipelineOptions):
@@ -42,10 +40,6 @@ class PartsOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--records_per_part", type=int, default=None,
                             help="records per rejects/missing-translations part (default: per kind)")
-
-
-def part_name(bucket: int) -> str:
-    return f"part-{bucket:05d}.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)

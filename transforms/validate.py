@@ -11,7 +11,8 @@ import apache_beam as beam
 from PIL import Image
 
 from schemas.config import ValidationRules
-from schemas.records import IMAGE_EXTENSIONS, Rejection, SourceRecord, ValidImage, normalize_text
+from schemas.layout import IMAGE_EXTENSIONS
+from schemas.records import Rejection, SourceRecord, ValidImage, normalize_text
 from transforms.image_io import ImageFetcher
 from transforms.staging import StagingWriter
 
