@@ -65,8 +65,7 @@ def test_the_shipped_dataflow_config_builds_a_job_that_starts(tmp_path):
     # Right fitting: the job as Beam's Dataflow runner builds it asks for the GPU in the translate step
     # alone (its environment); reading, validating, planning and writing shards run on CPU workers.
     assert out["resource_hints"] == {"Translations/Translate": {"accelerator": L4}}
-    assert "Translations/Translate/BeamML_RunInference" in out["hinted_steps"]
-    assert all(step.startswith("Translations/Translate/") for step in out["hinted_steps"])
+    assert out["hinted_steps"] == ["Translations/Translate"]  # the one DoFn that sends requests
     assert out["dataflow_service_options"] is None  # no worker_accelerator beside the hint
     assert out["graph_bytes"] < 1 << 20 < out["graph_limit_bytes"]
 
