@@ -10,6 +10,7 @@ PIPELINE = [
     "ijson>=3.3",  # COCO JSON streamed (its C backend, yajl2_c, ships in the wheels)
     "langdetect==1.0.9",
     "openai>=1.40",
+    "pydantic>=2.6,<3",  # the config contract (schemas/contract.py)
     "sacrebleu>=2.4",
     "matplotlib>=3.8",  # coverage report heatmaps
 ]
