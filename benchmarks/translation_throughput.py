@@ -107,14 +107,12 @@ def pipeline_translate(texts: list[str], model: Path, url: str, root: Path, batc
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from schemas.config import StoreConfig, TranslatorConfig, translator_sampling
-    from schemas.prompts import translator_fingerprint
+    from schemas.config import StoreConfig, TranslatorConfig
     from transforms.translate import TranslateTexts
 
     translator = TranslatorConfig(model=str(model), endpoints=(url,), batch_size=batch_size,
                                   max_in_flight=ENGINE["max-num-seqs"])
-    store = StoreConfig(str(root / f"store-{time.monotonic_ns()}"),
-                        translator_fingerprint(translator.model, translator_sampling(translator)))
+    store = StoreConfig(str(root / f"store-{time.monotonic_ns()}"), translator.request.fingerprint)
     summary_path = root / "summary.json"
     with ServerGauges(url) as gauges:
         start = time.perf_counter()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from schemas.prompts import max_tokens_for, translation_messages  # noqa: E402  (standard library only)
+from schemas.prompts import RequestTemplate  # noqa: E402  (standard library only)
 
 
 def main() -> None:
@@ -33,9 +33,11 @@ def main() -> None:
     llm = LLM(model=args.model, dtype="float32", gpu_memory_utilization=0.2, max_model_len=args.max_model_len,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     tokenizer = llm.get_tokenizer()
-    prompts = [tokenizer.apply_chat_template(translation_messages(t, args.lang), tokenize=False,
-                                             add_generation_prompt=True) for t in texts]
-    params = [SamplingParams(temperature=0.0, stop=["\n"], max_tokens=max_tokens_for(t)) for t in texts]
+    bodies = [RequestTemplate(model=args.model).body(t, args.lang) for t in texts]  # what the pipeline sends
+    prompts = [tokenizer.apply_chat_template(b["messages"], tokenize=False, add_generation_prompt=True)
+               for b in bodies]
+    params = [SamplingParams(temperature=b["temperature"], stop=b["stop"], max_tokens=b["max_tokens"])
+              for b in bodies]
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start

@@ -27,6 +27,7 @@ from model.generate import generate
 from model.modeling import FlorenzModel
 from model.factory import load_tokenizers
 from model.train_config import TrainConfig, load_train_config
+from schemas.errors import ConfigError
 from schemas.records import SPLIT_EVAL, TASK_CAPTION
 from schemas.sample import task_language
 
@@ -108,7 +109,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--results", default=None, help="results JSON (default: RUN/eval-<step>.json)")
     args = parser.parse_args(argv)
-    config = load_train_config(args.config)
+    try:
+        config = load_train_config(args.config)
+    except ConfigError as error:  # one line naming the field, as florenz-data's
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
     try:
         checkpoint = (Path(args.checkpoint) if args.checkpoint
                       else latest_checkpoint(Path(config.run.out, "checkpoints")))

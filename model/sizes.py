@@ -49,19 +49,21 @@ def tiny_florence(encoder_vocab: int) -> Florence2Config:
     return _florence([16, 32, 32, 64], [1, 2, 2, 4], [1, 1, 1, 1], 64, 2, 4, 128, vocab=encoder_vocab)
 
 
+_BUILDERS = {  # size -> (encoder vocab, decoder vocab) -> (Florence-2 config, Gemma-2 config or None)
+    "florenz-0.4b": lambda enc, dec: (florence2_base(), None),
+    "florenz-1.0b": lambda enc, dec: (florence2_large(), None),
+    "florenz-3.5b": lambda enc, dec: (florence2_large(), gemma2(2304, 26, 8, 4, 9216, vocab=dec)),
+    "florenz-11.2b": lambda enc, dec: (florence2_large(), gemma2(3584, 42, 16, 8, 14336, vocab=dec)),
+    "tiny": lambda enc, dec: (tiny_florence(enc), None),
+    "tiny-gemma": lambda enc, dec: (tiny_florence(enc), gemma2(64, 2, 2, 1, 128, head_dim=32, vocab=dec)),
+}
+SIZES = tuple(_BUILDERS)  # what a training config's model.size may name
+
+
 def florenz_config(size: str, decoder_vocab_size: int = GEMMA2_VOCAB, encoder_vocab_size: int = FLORENCE2_VOCAB
                    ) -> FlorenzConfig:
     """A size's config; the tiny sizes take their vocabularies from the tokenizers the tests train."""
-    builders = {
-        "florenz-0.4b": lambda: (florence2_base(), None),
-        "florenz-1.0b": lambda: (florence2_large(), None),
-        "florenz-3.5b": lambda: (florence2_large(), gemma2(2304, 26, 8, 4, 9216, vocab=decoder_vocab_size)),
-        "florenz-11.2b": lambda: (florence2_large(), gemma2(3584, 42, 16, 8, 14336, vocab=decoder_vocab_size)),
-        "tiny": lambda: (tiny_florence(encoder_vocab_size), None),
-        "tiny-gemma": lambda: (tiny_florence(encoder_vocab_size),
-                               gemma2(64, 2, 2, 1, 128, head_dim=32, vocab=decoder_vocab_size)),
-    }
-    if size not in builders:
-        raise ValueError(f"unknown Florenz size {size!r}; known: {', '.join(builders)}")
-    florence, gemma = builders[size]()
+    if size not in _BUILDERS:
+        raise ValueError(f"unknown Florenz size {size!r}; known: {', '.join(SIZES)}")
+    florence, gemma = _BUILDERS[size](encoder_vocab_size, decoder_vocab_size)
     return FlorenzConfig(florence=florence, gemma=gemma, decoder_vocab_size=decoder_vocab_size, size=size)

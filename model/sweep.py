@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from model.scaling import forward_macs, paper_compute
 from model.train_config import load_train_config
+from schemas.contract import validate_config
 from schemas.errors import ConfigError
 
 # Set by the sweep for every run; an override of one of them would break the grid.
@@ -69,11 +70,7 @@ def load_sweep_config(path: str) -> SweepConfig:
     """The sweep config, its paths resolved against its folder; a wrong field is refused by its dotted name."""
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
-    try:
-        config = SweepConfig.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise ConfigError(".".join(["sweep", *map(str, first["loc"])]), first["msg"]) from None
+    config = validate_config(SweepConfig, raw, "sweep")
     base = os.path.dirname(os.path.abspath(path))
     return config.model_copy(update={"train": _resolve(config.train, base), "out": _resolve(config.out, base),
                                      "splits": {name: _resolve(split, base) if isinstance(split, str) else split

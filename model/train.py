@@ -33,6 +33,7 @@ from model.factory import build_model, load_tokenizers
 from model.modeling import FlorenzModel
 from model.optim import flops_per_token, optimizer_for, warmup_cosine
 from model.train_config import TrainConfig, load_train_config
+from schemas.errors import ConfigError
 from schemas.records import SPLIT_TRAIN
 
 
@@ -213,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="stop after this many steps (overrides optim.steps "
                         "for the stop only: the schedule keeps the config's length)")
     args = parser.parse_args(argv)
-    config = load_train_config(args.config)
+    try:
+        config = load_train_config(args.config)
+    except ConfigError as error:  # one line naming the field, as florenz-data's
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
     try:
         summary = train(config, stop_at=args.steps)
     except CheckpointError as error:  # a checkpoint or `latest` pointer that cannot be resumed from

@@ -14,16 +14,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
-from typing import Any, Callable, Mapping, Optional
+from typing import Annotated, Any, Mapping, Optional
 
+from pydantic import AfterValidator, Field, model_validator
+
+from schemas.contract import (Language, NonNegativeInt, Path, PositiveInt, config_model, described,
+                              validate_config)
 from schemas.errors import ConfigError, InputError
-from schemas.languages import unsupported_reason
 from schemas.records import SPLIT_EVAL, SPLIT_TRAIN
 
-_PLAN_FIELDS = {
-    "languages", "source_language", "caption_languages", "translation_languages",
-    "eval_fraction", "eval_keys", "eval_keys_file", "seed", "shard_size", "images_per_bucket",
-}
 # Inline keys are pickled into every step holding the plan. Measured (random 28-character keys, the
 # build graph): 10,000 keys add 1.0 MB to the job graph, 100,000 add 10.4 MB, over Dataflow's 10 MB
 # limit; through eval_keys_file, 1,000,000 keys add nothing (the graph carries the path).
@@ -58,24 +57,64 @@ def _unit_hash(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-@dataclasses.dataclass(frozen=True)
+def _distinct(codes: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(codes)) != len(codes):
+        raise ValueError("lists a language twice")
+    return codes
+
+
+Languages = Annotated[tuple[Language, ...], Field(min_length=1), AfterValidator(_distinct)]
+EvalFraction = Annotated[float, Field(strict=True, ge=0, lt=1), described("a number in [0, 1)")]
+SampleKeys = Annotated[frozenset[Annotated[str, Field(strict=True, min_length=1)]],
+                       described("a list of sample keys (strings)")]
+
+
+@config_model
 class CoveragePlan:
     """A validated task x language coverage matrix plus eval split, seed and shard size."""
 
-    languages: tuple[str, ...]
-    caption_languages: tuple[str, ...]
-    translation_languages: tuple[str, ...]
-    source_language: str = "en"
-    eval_fraction: float = 0.0
-    eval_keys: frozenset[str] = frozenset()  # short lists only (MAX_INLINE_EVAL_KEYS)
-    eval_keys_file: Optional[str] = None  # one key per line: what the job graph carries is this path
-    seed: int = 0
-    shard_size: int = 1000
+    languages: Languages
+    caption_languages: Languages
+    translation_languages: Languages
+    source_language: Language = "en"
+    eval_fraction: EvalFraction = 0.0
+    eval_keys: SampleKeys = frozenset()  # short lists only (MAX_INLINE_EVAL_KEYS)
+    eval_keys_file: Optional[Path] = None  # one key per line: what the job graph carries is this path
+    seed: NonNegativeInt = 0
+    shard_size: PositiveInt = 1000
     # The coverage step's groups: images are cut into 2^b order buckets, b sized from the count of
     # images so that a bucket holds at most this many on average (transforms/sharding.py). The
     # output does not depend on it; the memory of one bucket's group does.
-    images_per_bucket: int = 4096
+    images_per_bucket: PositiveInt = 4096
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "CoveragePlan":
+        """The matrix must be usable: every language gets data, every caption language a source."""
+        source, languages = self.source_language, self.languages
+        if source not in languages:
+            raise ConfigError("source_language", f"{source!r} is not in languages {list(languages)}")
+        for name in ("caption_languages", "translation_languages"):
+            outside = [code for code in getattr(self, name) if code not in languages]
+            if outside:
+                raise ConfigError(name, f"{outside[0]!r} is not in languages {list(languages)}")
+        if source in self.translation_languages:
+            raise ConfigError("translation_languages", f"{source!r} is the source language; translations go "
+                                                       f"{source}->X")
+        for lang in self.caption_languages:
+            if lang != source and lang not in self.translation_languages:
+                raise ConfigError("caption_languages", f"caption language {lang!r} has no translations: its "
+                                                       f"captions are translated from {source!r}, so add it to "
+                                                       "translation_languages")
+        for lang in languages:
+            if lang != source and lang not in self.translation_languages:
+                raise ConfigError("translation_languages", f"language {lang!r} is in languages but not "
+                                                           "translated: it would get no data at all")
+        if len(self.eval_keys) > MAX_INLINE_EVAL_KEYS:
+            raise ConfigError("eval_keys", f"lists {len(self.eval_keys):,} keys; inline keys are pickled into "
+                                           f"every step of the job (Dataflow refuses graphs over 10 MB), so above "
+                                           f"{MAX_INLINE_EVAL_KEYS:,} write them one per line to a file and give "
+                                           "it as eval_keys_file")
+        return self
     @property
     def held_out_caption_languages(self) -> tuple[str, ...]:
         """Languages that get no caption labels in train: the unseen task-language pairs."""
@@ -109,82 +148,7 @@ class CoveragePlan:
         return out
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], field: str = "plan",
-                  resolve: Callable[[str], str] = lambda path: path) -> "CoveragePlan":
-        """Validate a plan mapping (from YAML); every refusal names the field at fault. `resolve`
-        turns a relative eval_keys_file into a path (the config resolves it against its folder)."""
-        if not isinstance(raw, Mapping):
-            raise ConfigError(field, "must be a mapping")
-        unknown = sorted(set(raw) - _PLAN_FIELDS)
-        if unknown:
-            raise ConfigError(f"{field}.{unknown[0]}", f"unknown field (known: {sorted(_PLAN_FIELDS)})")
-        languages = _language_list(raw, "languages", field)
-        source = raw.get("source_language", "en")
-        _check_code(source, f"{field}.source_language")
-        if source not in languages:
-            raise ConfigError(f"{field}.source_language", f"{source!r} is not in languages {list(languages)}")
-        captions = _language_list(raw, "caption_languages", field, within=languages)
-        translations = _language_list(raw, "translation_languages", field, within=languages)
-        if source in translations:
-            raise ConfigError(f"{field}.translation_languages",
-                              f"{source!r} is the source language; translations go {source}->X")
-        for lang in captions:
-            if lang != source and lang not in translations:
-                raise ConfigError(f"{field}.caption_languages",
-                                  f"caption language {lang!r} has no translations: its captions are "
-                                  f"translated from {source!r}, so add it to translation_languages")
-        for lang in languages:
-            if lang != source and lang not in translations:
-                raise ConfigError(f"{field}.translation_languages",
-                                  f"language {lang!r} is in languages but not translated: "
-                                  f"it would get no data at all")
-        fraction = raw.get("eval_fraction", 0.0)
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-            raise ConfigError(f"{field}.eval_fraction", f"must be a number in [0, 1), got {fraction!r}")
-        keys = raw.get("eval_keys", [])
-        if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) and k for k in keys):
-            raise ConfigError(f"{field}.eval_keys", "must be a list of sample keys (strings)")
-        if len(keys) > MAX_INLINE_EVAL_KEYS:
-            raise ConfigError(f"{field}.eval_keys", f"lists {len(keys):,} keys; inline keys are pickled into every "
-                                                    f"step of the job (Dataflow refuses graphs over 10 MB), so above "
-                                                    f"{MAX_INLINE_EVAL_KEYS:,} write them one per line to a file and "
-                                                    f"give it as {field}.eval_keys_file")
-        keys_file = raw.get("eval_keys_file")
-        if keys_file is not None and (not isinstance(keys_file, str) or not keys_file):
-            raise ConfigError(f"{field}.eval_keys_file", "must be a path (a file with one sample key per line)")
-        seed = raw.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"{field}.seed", f"must be a non-negative integer, got {seed!r}")
-        shard_size = raw.get("shard_size", 1000)
-        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-            raise ConfigError(f"{field}.shard_size", f"must be a positive integer, got {shard_size!r}")
-        per_bucket = raw.get("images_per_bucket", cls.images_per_bucket)
-        if isinstance(per_bucket, bool) or not isinstance(per_bucket, int) or per_bucket < 1:
-            raise ConfigError(f"{field}.images_per_bucket", f"must be a positive integer, got {per_bucket!r}")
-        return cls(languages=languages, caption_languages=captions, translation_languages=translations,
-                   source_language=source, eval_fraction=float(fraction), eval_keys=frozenset(keys),
-                   eval_keys_file=None if keys_file is None else resolve(keys_file), seed=seed,
-                   shard_size=shard_size, images_per_bucket=per_bucket)
-
-
-def _check_code(code: object, field: str) -> None:
-    if not isinstance(code, str):
-        raise ConfigError(field, f"{code!r} is not an ISO 639-1 language code")
-    reason = unsupported_reason(code)
-    if reason is not None:
-        raise ConfigError(field, reason)
-
-
-def _language_list(raw: Mapping[str, Any], name: str, field: str,
-                   within: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    path = f"{field}.{name}"
-    value = raw.get(name)
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(path, "must be a non-empty list of ISO 639-1 codes")
-    for code in value:
-        _check_code(code, path)
-        if within is not None and code not in within:
-            raise ConfigError(path, f"{code!r} is not in languages {list(within)}")
-    if len(set(value)) != len(value):
-        raise ConfigError(path, "lists a language twice")
-    return tuple(value)
+    def from_dict(cls, raw: Mapping[str, Any], field: str = "plan") -> "CoveragePlan":
+        """Validate a plan mapping (from YAML, or a published config.yaml's); every refusal names the
+        field at fault under `field`."""
+        return validate_config(cls, raw, field)

@@ -7,11 +7,13 @@ _TAG = "florenz-error"
 
 
 class ConfigError(ValueError):
-    """A run config or coverage plan that cannot be used; `field` is its dotted path."""
+    """A run config or coverage plan that cannot be used; `field` is its dotted path. Raised inside a
+    config's validator, `field` is relative to the section validated (schemas/contract.py)."""
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
 
 
 class TaggedError(Exception):

@@ -25,7 +25,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, GenerationConfig, PreT
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from schemas.prompts import translation_messages  # noqa: E402  (standard library only)
+from schemas.prompts import RequestTemplate  # noqa: E402  (standard library only)
 
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
 CHAT_TEMPLATE = (
@@ -34,6 +34,8 @@ CHAT_TEMPLATE = (
     "{{ message['content'] }}<end_of_turn>\n{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 LANGS = ("de", "fr")
+# The prompts only: a template's messages do not depend on the model name.
+translation_messages = RequestTemplate(model="tiny-translator").messages
 
 
 def read_pairs(data: Path, n: int) -> list[tuple[str, dict[str, str]]]:

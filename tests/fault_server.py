@@ -9,7 +9,7 @@ measures what admission must bound: the peak number of completion requests in fl
 the time-weighted mean from the first one's start to the last one's end (GET /stats). Success-path tests use a real vLLM server instead.
 
     python tests/fault_server.py --model NAME --port P --pairs pairs.jsonl
-        [--fail-first N [--fail-status CODE]] [--hang-first N] [--die-after N] [--counter FILE]
+        [--fail-first N [--fail-status CODE]] [--hang-first N] [--die-after N] [--counter FILE] [--bodies FILE]
         [--bad-response garbage|empty_choices|content_not_text] [--answer-chars N] [--api-key KEY]
         [--delay S] [--slow-health S] [--starts-file FILE]
 """
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--hang-first", type=int, default=0)
     parser.add_argument("--die-after", type=int, default=0)
     parser.add_argument("--counter", default=None, help="append one line per completion request")
+    parser.add_argument("--bodies", default=None, help="append each completion request's JSON body, one a line")
     parser.add_argument("--fail-status", type=int, default=500, help="the status of the --fail-first answers")
     parser.add_argument("--bad-response", choices=("garbage", "empty_choices", "content_not_text"), default=None,
                         help="answer 200 with something that is not a usable chat completion")
@@ -130,6 +131,9 @@ def main() -> None:
                 if args.counter:
                     with open(args.counter, "a") as f:
                         f.write(f"{n}\n")
+                if args.bodies:
+                    with open(args.bodies, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(request, ensure_ascii=False) + "\n")
             if args.die_after and n > args.die_after:
                 os._exit(1)  # the server dies mid-run, the connection drops
             if n <= args.fail_first:  # vLLM's error body

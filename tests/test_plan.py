@@ -20,7 +20,7 @@ def test_paper_plan_holds_out_the_unseen_caption_languages():
 
 
 @pytest.mark.parametrize("changes, field, words", [
-    ({"languages": ["en", "xx"]}, "plan.languages", "not an ISO 639-1"),
+    ({"languages": ["en", "xx"]}, "plan.languages[1]", "not an ISO 639-1"),
     ({"caption_languages": ["en", "it"]}, "plan.caption_languages", "not in languages"),
     ({"languages": ["en", "de", "it"], "caption_languages": ["en", "it"], "translation_languages": ["de"]},
      "plan.caption_languages", "has no translations"),

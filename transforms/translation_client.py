@@ -28,7 +28,6 @@ import pydantic
 
 from schemas.arrow import STATUS_ACCEPTED, STATUS_REJECTED
 from schemas.config import TranslatorConfig
-from schemas.prompts import max_tokens_for, translation_messages
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest
 from schemas.secrets import redact
 from transforms.admission import Admission
@@ -118,6 +117,7 @@ class TranslationClient:
         self.backend = backend
         self.admission = admission
         self._api_key = api_key
+        self._request = config.request  # the body sent is the one the store fingerprint hashes
         self._clients: dict[str, openai.AsyncOpenAI] = {}
 
     def _client(self, url: str) -> openai.AsyncOpenAI:
@@ -142,9 +142,7 @@ class TranslationClient:
                 url = await asyncio.to_thread(self.backend.base_url, server)
                 sent[0] += 1
                 response = await self._client(url).chat.completions.create(
-                    model=self.config.model, temperature=0.0, stop=["\n"],
-                    max_tokens=max_tokens_for(request.text, self.config.max_tokens_cap),
-                    messages=translation_messages(request.text, request.lang, strict=strict))
+                    **self._request.body(request.text, request.lang, strict))
                 return _answer(response)
             except Exception as error:  # sorted into retryable or final just below
                 retry, error_reason = _retryable(error)
