@@ -128,7 +128,7 @@ def test_splits_are_outputs_or_overrides_and_the_sweeps_own_fields_are_protected
     assert cells["natural/tiny-gemma/s3"]["optim"]["steps"] == 3
     assert cells["natural/tiny-gemma/s3"]["run"]["out"] == str(tmp_path / "sweep/runs/natural/tiny-gemma/s3")
     for fields, field in [({"overrides": {"optim.steps": 9}}, "sweep.overrides.optim.steps"),
-                          ({"steps": [0]}, "sweep.steps.0"), ({"budgets": [1]}, "sweep.budgets")]:
+                          ({"steps": [0]}, "sweep.steps[0]"), ({"budgets": [1]}, "sweep.budgets")]:
         with pytest.raises(ConfigError) as refused:
             run_configs(load_sweep_config(str(sweep_config(tmp_path, base, **fields))))
         assert refused.value.field == field
