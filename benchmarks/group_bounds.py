@@ -140,9 +140,14 @@ def fill_store(store: Path, texts: frozenset[str], fingerprint: str, part_rows: 
     return len(rows)
 
 
-def plan(shard_size: int, images_per_bucket: int) -> dict:
+# The paper's regime: the held-out languages translate other images' captions (README, "Translation pairing").
+PAPER_PAIRING = {"de": "own_caption", **{lang: "other_image" for lang in LANGUAGES if lang != "de"}}
+
+
+def plan(shard_size: int, images_per_bucket: int, translation_pairing: str | dict = PAPER_PAIRING) -> dict:
     return {"languages": ["en", *LANGUAGES], "caption_languages": ["en", "de"], "translation_languages": LANGUAGES,
-            "eval_fraction": 0.05, "seed": 0, "shard_size": shard_size, "images_per_bucket": images_per_bucket}
+            "eval_fraction": 0.05, "seed": 0, "shard_size": shard_size, "images_per_bucket": images_per_bucket,
+            "translation_pairing": translation_pairing}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,18 +247,23 @@ def shuffled_records() -> list[tuple[str, str, int, int]]:
     from transforms.translation_store import StoreEntry
 
     coco = json.loads((SAMPLE_IMAGES.parent / "captions.json").read_text())
-    info = coco["images"][0]
-    path = SAMPLE_IMAGES / info["file_name"]
-    caps = tuple(normalize_text(a["caption"]) for a in coco["annotations"] if a["image_id"] == info["id"])[:5]
-    with Image.open(path) as decoded:
-        width, height = decoded.size
-    image = ValidImage("coco", str(info["id"]), f"coco_{info['id']}", ImageRef(str(path)), "jpg", width, height,
-                       hashlib.sha256(path.read_bytes()).hexdigest(), caps)
+
+    def coco_image(info: dict) -> ValidImage:
+        path = SAMPLE_IMAGES / info["file_name"]
+        caps = tuple(normalize_text(a["caption"]) for a in coco["annotations"] if a["image_id"] == info["id"])[:5]
+        with Image.open(path) as decoded:
+            width, height = decoded.size
+        return ValidImage("coco", str(info["id"]), f"coco_{info['id']}", ImageRef(str(path)), "jpg", width, height,
+                          hashlib.sha256(path.read_bytes()).hexdigest(), caps)
+
+    image, donor = coco_image(coco["images"][0]), coco_image(coco["images"][1])  # the donor: other_image texts
+    caps = image.captions
     h = text_hash(image.captions[0])
     found = tuple((lang, f"[{lang}] {image.captions[0]}") for lang in LANGUAGES)
     entry = StoreEntry("accepted", found[0][1], None)
-    translations = {text_hash(c): {lang: f"[{lang}] {c}" for lang in LANGUAGES} for c in image.captions}
-    member = shard_member(image, SPLIT_TRAIN, CoveragePlan.from_dict(plan(1000, 4096)), translations)
+    translations = {text_hash(c): {lang: f"[{lang}] {c}" for lang in LANGUAGES}
+                    for c in image.captions + donor.captions}
+    member = shard_member(image, SPLIT_TRAIN, CoveragePlan.from_dict(plan(1000, 4096)), translations, donor)
     texts, entries = len(caps), len(caps) * len(LANGUAGES)
     rows = [("Unique", "(text hash, text)", (h, image.captions[0]), texts),
             ("OnePerKey", "((text hash, lang), StoreEntry)", ((h, "de"), entry), entries),

@@ -156,7 +156,8 @@ def report_markdown(output: Output) -> str:
     parts = [f"# Coverage report: {output.root}", "",
              f"Caption languages: {', '.join(output.plan.caption_languages)}; held out: "
              f"{', '.join(output.plan.held_out_caption_languages) or 'none'}; translations: "
-             f"{', '.join(output.plan.translation_languages)}.", ""]
+             f"{', '.join(output.plan.translation_languages)}; translating other images' captions: "
+             f"{', '.join(output.plan.other_image_languages) or 'none'}.", ""]
     for split in SPLITS:
         parts += [count_table(output, split), ""]
         missing = stats["splits"].get(split, {}).get("missing_translation", {})

@@ -2,8 +2,10 @@
 
 Checks that leakage did not happen (no caption label in a held-out language in train, no eval key or
 eval image *content* in train, no image content in two samples, every sample in the split its plan
-assigns to its key and content), that the manifest, indexes and tars agree byte for byte, and that
-stats.json adds up (read = written + rejected) and matches the shards and rejects.
+assigns to its key and content, no translation in a language the plan pairs `other_image` whose
+English source is one of the sample's own captions, by the text hashes its JSON lists), that the
+manifest, indexes and tars agree byte for byte, and that stats.json adds up (read = written +
+rejected) and matches the shards and rejects.
 
 It streams, so its memory does not hold the manifest as rows: per shard, the shard's manifest part
 is checked against its tar (one tar and one part in memory at a time); the rejects are counted line
@@ -33,8 +35,8 @@ from schemas.errors import InputError
 from schemas.layout import (CONFIG_COPY, JSON_EXTENSION, LEASE, MANIFEST_DIR, REJECTS_DIR, RUNS_DIR, STATS, SUCCESS,
                             IndexEntry, index_entries, index_name, member_key, shard_glob, shard_glob_relpath,
                             shard_of_manifest_part)
-from schemas.records import SPLIT_TRAIN, SPLITS, TASK_CAPTION
-from schemas.sample import decode_sample_json, task_language
+from schemas.records import SPLIT_TRAIN, SPLITS, TASK_CAPTION, TASK_TRANSLATION, text_hash
+from schemas.sample import CAPTION_HASHES, Annotation, decode_sample_json, task_language
 from transforms.atomic import glob_escape, join
 from transforms.run_folder import files_under
 
@@ -199,7 +201,7 @@ def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], p
         problems.append(f"{url}: its manifest part holds rows of another shard")
     if [k for k, _ in samples] != [r["key"] for r in rows]:
         problems.append(f"{url}: sample keys differ from the manifest's rows for this shard")
-    held_out = set(plan.held_out_caption_languages)
+    held_out, paired = set(plan.held_out_caption_languages), set(plan.other_image_languages)
     for (key, members), row in zip(samples, rows):
         image = members.get(row["image_format"])
         if image is None or hashlib.sha256(image).hexdigest() != row["sha256"]:
@@ -225,7 +227,21 @@ def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], p
             leaked = sorted({a.lang for a in annotations if a.task == TASK_CAPTION and a.lang in held_out})
             if leaked:
                 problems.append(f"{url}: {key}: caption label in held-out language(s) {leaked} in train")
+        if paired:
+            problems += [f"{url}: {key}: {p}" for p in _own_caption_translations(meta, annotations, paired)]
     return problems
+
+
+def _own_caption_translations(meta: dict, annotations: list[Annotation], paired: set[str]) -> list[str]:
+    """What breaks other_image pairing in one sample: a translation into a paired language whose
+    source is one of the image's own captions (the sample's caption_hashes), or no list to tell."""
+    own = meta.get(CAPTION_HASHES)
+    if not isinstance(own, list):
+        return [f"sample JSON has no {CAPTION_HASHES}, so its other_image translations cannot be checked"]
+    own = set(own)
+    leaked = sorted({a.lang for a in annotations
+                     if a.task == TASK_TRANSLATION and a.lang in paired and text_hash(a.source) in own})
+    return [f"translation into {leaked} (plan: other_image) translates the image's own caption"] if leaked else []
 
 
 def _check_stats(stats: dict, written: Counter, seen: dict[str, Counter], output: str) -> list[str]:

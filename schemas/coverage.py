@@ -8,13 +8,18 @@ transforms/dedup.py), so no evaluation image can reach training under another na
 The plan is pickled into every step that holds it, and Dataflow refuses a job graph over 10 MB: a
 long list of eval keys therefore lives in a file (`eval_keys_file`, one key per line, read once per
 worker process), and only a short one may be written inline.
+
+`translation_pairing` says, per translation language, whose caption an image's translation
+annotations translate: its own (`own_caption`), or another image's (`other_image`), so that a
+held-out language's translation targets are not the image's description (README, "Translation
+pairing").
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import threading
-from typing import Annotated, Any, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -65,6 +70,13 @@ def _distinct(codes: tuple[str, ...]) -> tuple[str, ...]:
 
 Languages = Annotated[tuple[Language, ...], Field(min_length=1), AfterValidator(_distinct)]
 EvalFraction = Annotated[float, Field(strict=True, ge=0, lt=1), described("a number in [0, 1)")]
+OWN_CAPTION, OTHER_IMAGE = "own_caption", "other_image"
+PairingMode = Literal["own_caption", "other_image"]
+# 'bitext' (parallel sentences matched to images) comes with the data-recipe issue; until then the
+# message says so instead of only listing the modes there are.
+TranslationPairing = Annotated[Union[PairingMode, dict[str, PairingMode]],
+                               described("own_caption or other_image, or a mapping from translation language to "
+                                         "one of them ('bitext' is not available yet)")]
 SampleKeys = Annotated[frozenset[Annotated[str, Field(strict=True, min_length=1)]],
                        described("a list of sample keys (strings)")]
 
@@ -83,9 +95,15 @@ class CoveragePlan:
     seed: NonNegativeInt = 0
     shard_size: PositiveInt = 1000
     # The coverage step's groups: images are cut into 2^b order buckets, b sized from the count of
-    # images so that a bucket holds at most this many on average (transforms/sharding.py). The
-    # output does not depend on it; the memory of one bucket's group does.
+    # images so that a bucket holds at most this many on average (transforms/sharding.py). Ranks and
+    # shards do not depend on it (nor, without other_image pairing, the output); the memory of one
+    # bucket's group does.
     images_per_bucket: PositiveInt = 4096
+    # Whose caption each translation language's annotations translate: one mode for all, or a mapping
+    # language -> mode (languages it leaves out: own_caption). other_image pairs images within one
+    # split of one order bucket (transforms/coverage.py), so with it images_per_bucket also chooses
+    # which few images pair across a bucket's end.
+    translation_pairing: TranslationPairing = OWN_CAPTION
 
     @model_validator(mode="after")
     def _consistent(self) -> "CoveragePlan":
@@ -114,7 +132,24 @@ class CoveragePlan:
                                            f"every step of the job (Dataflow refuses graphs over 10 MB), so above "
                                            f"{MAX_INLINE_EVAL_KEYS:,} write them one per line to a file and give "
                                            "it as eval_keys_file")
+        if isinstance(self.translation_pairing, dict):
+            outside = [code for code in self.translation_pairing if code not in self.translation_languages]
+            if outside:
+                raise ConfigError("translation_pairing", f"{outside[0]!r} is not in translation_languages "
+                                                         f"{list(self.translation_languages)}")
         return self
+
+    def pairing_of(self, lang: str) -> str:
+        """Where `lang`'s translation annotations take their English text from (translation_pairing)."""
+        if isinstance(self.translation_pairing, str):
+            return self.translation_pairing
+        return self.translation_pairing.get(lang, OWN_CAPTION)
+
+    @property
+    def other_image_languages(self) -> tuple[str, ...]:
+        """Translation languages whose annotations translate another image's caption."""
+        return tuple(l for l in self.translation_languages if self.pairing_of(l) == OTHER_IMAGE)
+
     @property
     def held_out_caption_languages(self) -> tuple[str, ...]:
         """Languages that get no caption labels in train: the unseen task-language pairs."""

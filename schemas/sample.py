@@ -1,6 +1,8 @@
 """A shard sample's JSON member (`<key>.json` beside `<key>.<jpg|png|webp>`, named in schemas/layout.py):
 UTF-8 JSON holding the sample's metadata and its annotations, each
 `{"task": caption|translation, "lang": ..., "source": English text (translation only), "target": ...}`.
+Where the plan pairs a translation language with other images' captions, the metadata also holds
+`caption_hashes`: the text hashes of the image's own captions, which no such source may have.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import json
 from typing import Any, Optional
 
 from schemas.records import TASK_CAPTION, TASKS
+
+CAPTION_HASHES = "caption_hashes"
 
 
 def task_language(task: str, lang: str) -> str:

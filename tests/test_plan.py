@@ -34,12 +34,25 @@ def test_paper_plan_holds_out_the_unseen_caption_languages():
     ({"seed": "x"}, "plan.seed", "non-negative"),
     ({"held_out": ["fr"]}, "plan.held_out", "unknown field"),
     ({"eval_keys": [3]}, "plan.eval_keys", "list of sample keys"),
+    ({"translation_pairing": "other_images"}, "plan.translation_pairing", "own_caption or other_image"),
+    ({"translation_pairing": "bitext"}, "plan.translation_pairing", "'bitext' is not available yet"),
+    ({"translation_pairing": {"fr": "nearest"}}, "plan.translation_pairing", "got {'fr': 'nearest'}"),
+    ({"translation_pairing": {"it": "other_image"}}, "plan.translation_pairing", "'it' is not in translation_lang"),
+    ({"translation_pairing": {"en": "other_image"}}, "plan.translation_pairing", "'en' is not in translation_lang"),
 ])
 def test_wrong_plans_are_refused_naming_the_field(changes, field, words):
     with pytest.raises(ConfigError) as e:
         plan(**changes)
     assert e.value.field == field
     assert words in str(e.value)
+
+
+def test_translation_pairing_is_own_caption_unless_set():
+    assert plan().other_image_languages == () and plan().pairing_of("fr") == "own_caption"
+    assert plan(translation_pairing="other_image").other_image_languages == ("de", "fr", "es", "ru", "zh")
+    mapped = plan(translation_pairing={"fr": "other_image", "de": "own_caption"})
+    assert mapped.other_image_languages == ("fr",) and mapped.pairing_of("zh") == "own_caption"
+    assert CoveragePlan.from_dict(mapped.to_dict()) == mapped  # as config.yaml carries it
 
 
 def test_split_assignment_is_a_stable_function_of_seed_and_content():

@@ -5,19 +5,26 @@ Train images get captions only in caption languages and translations for every t
 language; eval images get caption references in every language (so unseen captioning can be
 measured) and the translations. An annotation whose translation is not in the store is counted as
 missing, per task-language, never dropped silently.
+
+A translation language the plan pairs `other_image` takes its texts from another image's captions:
+each image's donor is the next image of its ring — its split's images in one order bucket, in the
+plan's seeded order, wrapping around — that shares no caption text with it and no translation into
+those languages (`pair_donors`). The bucket's group already holds every text its images use and
+their translations, so pairing adds no grouping, no side input and no translation, and stays bounded
+by images_per_bucket at any scale.
 """
 from __future__ import annotations
 
 import dataclasses
 import zlib
 from collections import Counter
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
 
-from schemas.coverage import CoveragePlan
+from schemas.coverage import OWN_CAPTION, CoveragePlan
 from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION, ImageRef, ValidImage, text_hash
-from schemas.sample import Annotation, encode_sample_json, task_language
+from schemas.sample import CAPTION_HASHES, Annotation, encode_sample_json, task_language
 from transforms.dedup import DUPLICATES, KeepOnePerContent, keep_first, key_rank
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
 from transforms.sharding import Bucket, BucketBits, BucketOffsets, bucket_of, shard_position
@@ -53,10 +60,14 @@ class ShardMember:
 
 
 def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
-                     translations: Mapping[str, Mapping[str, str]]) -> tuple[list[Annotation], Counter]:
-    """Annotations of one image, in (caption index, task, plan language order), and what is missing."""
+                     translations: Mapping[str, Mapping[str, str]],
+                     donor: Optional[ValidImage] = None) -> tuple[list[Annotation], Counter]:
+    """Annotations of one image, in (caption index, task, plan language order), then the other_image
+    languages' translations of its donor's captions (donor caption index, plan language order); and
+    what is missing (for an image without a donor, one translation per own caption)."""
     caption_langs = plan.languages if split == SPLIT_EVAL else plan.caption_languages
     caption_langs = [l for l in plan.languages if l in caption_langs]
+    own_langs = [l for l in plan.translation_languages if plan.pairing_of(l) == OWN_CAPTION]
     annotations: list[Annotation] = []
     missing: Counter = Counter()
     for caption in image.captions:
@@ -67,24 +78,66 @@ def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
                 missing[task_language(TASK_CAPTION, lang)] += 1
             else:
                 annotations.append(Annotation(TASK_CAPTION, lang, target))
-        for lang in plan.translation_languages:
-            if lang in found:
-                annotations.append(Annotation(TASK_TRANSLATION, lang, found[lang], source=caption))
-            else:
-                missing[task_language(TASK_TRANSLATION, lang)] += 1
+        annotations += _translations(caption, found, own_langs, missing)
+    paired_langs = plan.other_image_languages
+    if paired_langs and donor is None:
+        missing.update({task_language(TASK_TRANSLATION, l): len(image.captions) for l in paired_langs})
+    for caption in donor.captions if donor is not None else ():
+        annotations += _translations(caption, translations.get(text_hash(caption), {}), paired_langs, missing)
     return annotations, missing
 
 
+def _translations(caption: str, found: Mapping[str, str], langs: Iterable[str], missing: Counter) -> list[Annotation]:
+    """The translation annotations of one English caption into `langs`, counting those not found."""
+    annotations = []
+    for lang in langs:
+        if lang in found:
+            annotations.append(Annotation(TASK_TRANSLATION, lang, found[lang], source=caption))
+        else:
+            missing[task_language(TASK_TRANSLATION, lang)] += 1
+    return annotations
+
+
+def pair_donors(ring: Sequence[ValidImage], plan: CoveragePlan,
+                translations: Mapping[str, Mapping[str, str]]) -> list[Optional[ValidImage]]:
+    """Each image's donor for the other_image languages: the next image of `ring` (wrapping around)
+    that shares nothing with it — no caption text, no translation into those languages — so no
+    target it gets can be its own description; None where no other image qualifies. In a ring
+    whose images share nothing this is a cyclic shift: every caption's translations go to exactly
+    one other image, and the texts of each language keep their distribution. The walk past images
+    that share something is bounded by the ring, one bucket's images of one split."""
+    langs = plan.other_image_languages
+
+    def traits(image: ValidImage) -> set[tuple[str, str]]:
+        own = set()
+        for caption in image.captions:
+            found = translations.get(text_hash(caption), {})
+            own.add(("", text_hash(caption)))
+            own.update((lang, found[lang]) for lang in langs if lang in found)
+        return own
+
+    shared = [traits(image) for image in ring]
+    n = len(ring)
+    return [next((ring[(i + step) % n] for step in range(1, n) if shared[i].isdisjoint(shared[(i + step) % n])),
+                 None) for i in range(n)]
+
+
 def shard_member(image: ValidImage, split: str, plan: CoveragePlan,
-                 translations: Mapping[str, Mapping[str, str]]) -> ShardMember:
-    annotations, missing = plan_annotations(image, split, plan, translations)
+                 translations: Mapping[str, Mapping[str, str]], donor: Optional[ValidImage] = None) -> ShardMember:
+    """The image's sample; where the plan pairs other images, its JSON also lists the text hashes of
+    the image's own captions (`caption_hashes`), so that `verify` can tell that no paired
+    translation translates one of them."""
+    annotations, missing = plan_annotations(image, split, plan, translations, donor)
     for task_lang, n in missing.items():
         beam.metrics.Metrics.counter("coverage", f"missing_{task_lang}").inc(n)
     counts = Counter(task_language(a.task, a.lang) for a in annotations)
     member = ShardMember(image.key, split, image.source, image.source_id, image.image, image.image_format,
                          image.width, image.height, image.sha256, len(image.captions),
                          tuple(sorted(counts.items())), tuple(sorted(missing.items())), b"")
-    body = encode_sample_json(member.metadata(), annotations)
+    metadata = member.metadata()
+    if plan.other_image_languages:
+        metadata[CAPTION_HASHES] = sorted({text_hash(c) for c in image.captions})
+    body = encode_sample_json(metadata, annotations)
     return dataclasses.replace(member, body=zlib.compress(body, 1))
 
 
@@ -126,7 +179,8 @@ def _fan_out(item: tuple[str, dict]) -> Iterator[tuple[int, tuple[str, tuple[tup
 
 class _PlanBucket(beam.DoFn):
     """One order bucket's images and their translations -> ((split, shard), (position, ShardMember))
-    per unique key, ranked within its split by (order, key); duplicate keys to `duplicates`."""
+    per unique key, ranked within its split by (order, key); duplicate keys to `duplicates`. The
+    images of one split, in that order, are the ring that `pair_donors` pairs them in."""
 
     def __init__(self, plan: CoveragePlan):
         self.plan = plan
@@ -137,15 +191,18 @@ class _PlanBucket(beam.DoFn):
         for image in grouped["image"]:
             images.setdefault(image.key, []).append(image)
         translations = {text: dict(found) for text, found in grouped["translations"]}
-        rank_in_split: dict[str, int] = {}
+        rings: dict[str, list[ValidImage]] = {}  # per split, in plan order
         for key in sorted(images, key=lambda k: (self.plan.order_of(k), k)):
             image, duplicates = keep_first(key, images[key])
             for rejection in duplicates:
                 yield beam.pvalue.TaggedOutput(DUPLICATES, rejection)
-            split = self.plan.split_of(key, image.sha256)
-            i = rank_in_split[split] = rank_in_split.get(split, -1) + 1
-            shard, position = shard_position(offsets[(split, bucket)] + i, self.plan.shard_size)
-            yield (split, shard), (position, shard_member(image, split, self.plan, translations))
+            rings.setdefault(self.plan.split_of(key, image.sha256), []).append(image)
+        paired = self.plan.other_image_languages
+        for split, ring in sorted(rings.items()):
+            donors = pair_donors(ring, self.plan, translations) if paired else [None] * len(ring)
+            for i, (image, donor) in enumerate(zip(ring, donors)):
+                shard, position = shard_position(offsets[(split, bucket)] + i, self.plan.shard_size)
+                yield (split, shard), (position, shard_member(image, split, self.plan, translations, donor))
 
 
 class AssignCoverage(beam.PTransform):

@@ -10,7 +10,8 @@ shard = rank // shard_size, position = rank % shard_size.
 b is sized from the input: the smallest b with count / 2^b <= plan.images_per_bucket, so a bucket's
 group stays near that size however many images there are (12 M images, 4096 per bucket: b = 12,
 ~2,900 images per bucket). Buckets cut the order space in order, so ranks, shards and positions are
-the same for every b: b changes how the work is grouped, never the output.
+the same for every b: b changes how the work is grouped, never where a sample goes (other_image
+translation pairing, which pairs within a bucket, is the one thing b also chooses: transforms/coverage.py).
 """
 from __future__ import annotations
 
