@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import safetensors.torch
 import torch
@@ -209,11 +209,16 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
     return folder
 
 
-def load_checkpoint(path: Path, model: FlorenzModel, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model: FlorenzModel, optimizer, scheduler,
+                    trained_at: Optional[Callable[[int], Any]] = None) -> dict:
     """Restores model, optimizer and scheduler in place; returns the rest (step, counters, positions,
-    this process's RNG state, to be set once the data loader is started)."""
+    this process's RNG state, to be set once the data loader is started). `trained_at(step)` first sets
+    requires_grad as it was in the checkpoint's last step: torch's loader keeps optimizer state only for
+    parameters that require grad, and invents state for any that require grad but have none saved."""
     weights = path / "model" / WEIGHTS_NAME
     state = read_training_state(path)
+    if trained_at is not None:
+        trained_at(state["step"])
     try:
         set_model_state_dict(model, model.with_tied(_read_tensors(weights)), options=FULL)
     except (RuntimeError, KeyError) as error:  # keys or shapes of another model

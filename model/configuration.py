@@ -17,6 +17,16 @@ CONFIG_NAME = "florenz_config.json"
 DECODER_BART = "bart"
 DECODER_GEMMA2 = "gemma2"
 
+# The parts a freezing policy names (FlorenzModel.part_of): disjoint, together every parameter. The
+# decoder's token embeddings are its LM head (tied); `decoder_layers` is the rest of the decoder (its
+# layers' self-attention, MLP and norms, positions, final norm), without the cross-attention.
+PARTS = ("vision_tower", "projector", "encoder", "decoder_layers", "decoder_cross_attention", "decoder_embeddings")
+LAYERED_PARTS = ("encoder", "decoder_layers", "decoder_cross_attention")  # what scheduled unfreezing can schedule
+PAPER_PARTS = {  # the paper's freezing: what trains, per decoder family
+    DECODER_BART: ("encoder", "decoder_layers", "decoder_cross_attention", "decoder_embeddings"),
+    DECODER_GEMMA2: ("encoder", "decoder_cross_attention", "decoder_embeddings"),
+}
+
 
 @dataclasses.dataclass
 class FlorenzConfig:

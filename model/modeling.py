@@ -8,7 +8,7 @@ model/cross_attention.py for Gemma-2).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import safetensors.torch
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 from transformers import Florence2ForConditionalGeneration, Gemma2ForCausalLM
 from transformers.models.bart.modeling_bart import BartScaledWordEmbedding
 
-from model.configuration import DECODER_BART, FlorenzConfig
+from model.configuration import DECODER_BART, PAPER_PARTS, PARTS, FlorenzConfig
 from model.cross_attention import ENCODER_MASK, ENCODER_STATES, add_cross_attention
 
 WEIGHTS_NAME = "model.safetensors"
@@ -101,19 +101,28 @@ class FlorenzModel(nn.Module):
         return losses.sum() / tokens.sum().clamp(min=1)
 
     # -- training policy -----------------------------------------------------------------------------
-    def set_trainable(self) -> None:
-        """The paper's freezing: the vision tower and image projection always frozen, the encoder always
-        trained; Florence-2's decoder trained; a Gemma-2 decoder frozen except its cross-attention blocks
-        (with gate and layernorm), token embeddings and LM head."""
-        for module in (self.vision_tower, self.projector):
-            module.requires_grad_(False)
-        self.encoder.requires_grad_(True)
-        self.decoder.requires_grad_(self.config.decoder_kind == DECODER_BART)
-        if self.config.decoder_kind != DECODER_BART:
-            for name, param in self.decoder.named_parameters():
-                if ".cross_attn" in name or "embed_tokens" in name or name.startswith("lm_head"):
-                    param.requires_grad_(True)
-            self.decoder.lm_head.weight.requires_grad_(True)
+    @staticmethod
+    def part_of(name: str) -> str:
+        """The freezing-policy part (configuration.PARTS) a parameter, by its name here, belongs to."""
+        top = name.split(".", 1)[0]
+        if top in ("vision_tower", "projector", "encoder"):
+            return top
+        if top == "lm_head" or name.startswith("decoder.lm_head.") or name.endswith("embed_tokens.weight"):
+            return "decoder_embeddings"  # the tied token embeddings / LM head
+        if ".cross_attn." in name or ".encoder_attn" in name:  # Gemma-2's gated blocks, BART's own
+            return "decoder_cross_attention"
+        return "decoder_layers"
+
+    def set_trainable(self, parts: Optional[Iterable[str]] = None) -> None:
+        """Trains exactly the parameters of `parts` (configuration.PARTS). Default, the paper's freezing:
+        the vision tower and image projection frozen, the encoder trained; Florence-2's decoder trained;
+        a Gemma-2 decoder frozen except its cross-attention blocks (with gate and norm), token embeddings
+        and LM head."""
+        chosen = set(PAPER_PARTS[self.config.decoder_kind] if parts is None else parts)
+        if unknown := chosen - set(PARTS):
+            raise ValueError(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+        for name, param in self.named_parameters():  # a tied tensor once, under its embedding name
+            param.requires_grad_(self.part_of(name) in chosen)
 
     def parameter_counts(self) -> dict[str, int]:
         """Unique parameters (tied ones once), in total and trainable."""

@@ -67,3 +67,8 @@ def florenz_config(size: str, decoder_vocab_size: int = GEMMA2_VOCAB, encoder_vo
         raise ValueError(f"unknown Florenz size {size!r}; known: {', '.join(SIZES)}")
     florence, gemma = _BUILDERS[size](encoder_vocab_size, decoder_vocab_size)
     return FlorenzConfig(florence=florence, gemma=gemma, decoder_vocab_size=decoder_vocab_size, size=size)
+
+
+def decoder_kind(size: str) -> str:
+    """The decoder family of a size (configuration.DECODER_*), which decides its paper freezing."""
+    return florenz_config(size).decoder_kind

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 8 -m model.train configs/train-0.4b.yaml
 
 bf16 autocast, AdamW, cosine schedule with warm-up, gradient accumulation and clipping; DDP, or FSDP for
-the Gemma-2 sizes. Checkpoints resume exactly (see model/checkpoint.py); a run folder that has one is
+the Gemma-2 sizes; the freezing policy and scheduled unfreezing of model/unfreeze.py. Checkpoints resume exactly (see model/checkpoint.py); a run folder that has one is
 resumed. Writes metrics.jsonl (training and eval rows) and scaling_rows.jsonl (the inputs of the
 scaling-law fits: parameters, seen samples, compute, eval loss per test set).
 """
@@ -33,6 +33,7 @@ from model.factory import build_model, load_tokenizers
 from model.modeling import FlorenzModel
 from model.optim import flops_per_token, optimizer_for, warmup_cosine
 from model.train_config import TrainConfig, load_train_config
+from model.unfreeze import TrainableSchedule
 from schemas.errors import ConfigError
 from schemas.records import SPLIT_TRAIN
 
@@ -60,21 +61,31 @@ def start_processes() -> Processes:
     return Processes(int(os.environ.get("RANK", "0")), world, device)
 
 
-def parallelize(model: FlorenzModel, config: TrainConfig, procs: Processes) -> torch.nn.Module:
-    """DDP for the Florence-2 decoder sizes; FSDP (per layer) for the Gemma-2 ones, or as configured."""
+def strategy_for(model: FlorenzModel, config: TrainConfig, procs: Processes) -> str:
+    """none (one process), DDP for the Florence-2 decoder sizes, FSDP for the Gemma-2 ones, or as configured.
+    Scheduled unfreezing takes DDP, the combination that is tested (the config refuses it with FSDP)."""
     if procs.world == 1:
-        return model
+        return "none"
     strategy = config.run.strategy
     if strategy == "auto":
-        strategy = "ddp" if model.config.gemma is None else "fsdp"
-    if strategy == "ddp":
-        return DistributedDataParallel(model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+        strategy = "ddp" if model.config.gemma is None or config.trainable.unfreeze is not None else "fsdp"
+    return strategy
+
+
+def data_parallel(model: FlorenzModel, procs: Processes) -> DistributedDataParallel:
+    """DDP over the parameters that require grad now: its reducer expects a gradient for exactly those in
+    every step, so it is built again whenever scheduled unfreezing changes them (no find_unused_parameters,
+    no static_graph needed: within a stage the set is fixed and every one of them gets a gradient)."""
+    return DistributedDataParallel(model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+
+
+def shard(model: FlorenzModel) -> None:
+    """FSDP, per encoder and decoder layer."""
     from torch.distributed.fsdp import fully_shard
     decoder_layers = model.decoder.layers if model.config.gemma is None else model.decoder.model.layers
     for layer in [*model.encoder.layers, *decoder_layers]:
         fully_shard(layer)
     fully_shard(model)
-    return model
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -107,10 +118,12 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     torch.manual_seed(config.run.seed + procs.rank)
     encoder_tokenizer, decoder_tokenizer = load_tokenizers(config.model)
     model = build_model(config.model, encoder_tokenizer, decoder_tokenizer, procs.device)
-    model.set_trainable()
-    params = model.parameter_counts()
-    encoder_flops, decoder_flops = flops_per_token(model)
-    wrapped = parallelize(model, config, procs)
+    schedule = TrainableSchedule(model, config.trainable)  # every parameter the run ever trains requires grad
+    params = model.parameter_counts()  # trained P: all of the policy's parts, scheduled layers included
+    strategy = strategy_for(model, config, procs)
+    if strategy == "fsdp":
+        shard(model)
+    # over every parameter the policy trains: one not yet unfrozen has no gradient, and AdamW skips it
     optimizer = optimizer_for(model, config.optim.lr, config.optim.weight_decay, config.optim.betas, procs.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(config.optim.warmup_steps, config.optim.steps, config.optim.min_lr_ratio))
@@ -119,7 +132,9 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     step, positions, rng = 0, {}, None
     counters = {"seen": 0, "tokens": 0, "consumed": 0, "compute": 0.0, "loader_workers": data.workers}
     if (resume_from := latest_checkpoint(checkpoints)) is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler)
+        # the optimizer state covers what trained in the checkpoint's last step: exactly those require grad
+        state = load_checkpoint(resume_from, model, optimizer, scheduler,
+                                trained_at=lambda saved: schedule.apply(saved - 1))
         step, counters, positions, rng = state["step"], state["counters"], state["positions"], state["rng"]
         if counters["loader_workers"] != data.workers:  # the streams' positions belong to those workers
             raise ValueError(f"{resume_from} was written with data.workers={counters['loader_workers']}; "
@@ -145,7 +160,12 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
                desc="train", dynamic_ncols=True)
     end = min(config.optim.steps, stop_at or config.optim.steps)
     started, last_loss = time.time(), float("nan")
+    wrapped: torch.nn.Module | None = None
     while step < end:
+        if schedule.apply(step) or wrapped is None:  # the first step, and every unfreezing stage
+            encoder_flops, decoder_flops = flops_per_token(model)
+            trainable = model.parameter_counts()["trainable"]
+            wrapped = data_parallel(model, procs) if strategy == "ddp" else model
         loss_sum = torch.zeros((), device=procs.device)
         tokens, encoder_tokens = 0, 0
         for micro in range(config.optim.grad_accum):
@@ -180,7 +200,7 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
         bar.set_postfix(loss=f"{last_loss:.4f}")
         if step % config.run.log_every == 0 or step == end:
             metrics.write({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                           "grad_norm": float(grad_norm), "seen": counters["seen"], "tokens": counters["tokens"],
+                           "grad_norm": float(grad_norm), "trainable_params": trainable, "seen": counters["seen"], "tokens": counters["tokens"],
                            "compute": counters["compute"], "elapsed_s": round(time.time() - started, 3)})
         if step % config.run.eval_every == 0 or step == end:
             losses = evaluate_loss(model, data.output, transform, collator, data.batch_size, data.eval_images,

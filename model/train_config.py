@@ -10,7 +10,8 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
-from model.sizes import PRETRAINED, SIZES
+from model.configuration import LAYERED_PARTS, PAPER_PARTS, PARTS
+from model.sizes import PRETRAINED, SIZES, decoder_kind
 from schemas.contract import (Bool, NonNegativeFloat, NonNegativeInt, Path, PositiveFloat, PositiveInt, Text,
                               config_model, described, resolve_path, validate_config)
 from schemas.errors import ConfigError
@@ -38,6 +39,16 @@ ImageSize = Annotated[int, Field(strict=True, ge=32, multiple_of=32),
                       described("a multiple of 32 (224 or 768 in the paper)")]
 Unit = Annotated[float, Field(strict=True, ge=0, le=1), described("a number in [0, 1]")]
 Beta = Annotated[float, Field(strict=True, ge=0, lt=1), described("a number in [0, 1)")]
+
+
+def _distinct(parts: tuple[str, ...]) -> tuple[str, ...]:
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"names a part twice: {list(parts)}")
+    return parts
+
+
+Part = Literal[PARTS]  # model/configuration.py; FlorenzModel.part_of says which parameters each holds
+Parts = Annotated[tuple[Part, ...], Field(min_length=1), AfterValidator(_distinct)]
 
 
 def _checkpoint_folder(init: str, info: ValidationInfo) -> str:
@@ -94,7 +105,8 @@ class RunSettings:
     out: Path
     seed: NonNegativeInt = 0
     precision: Literal[PRECISIONS] = "bf16"
-    strategy: Literal[STRATEGIES] = "auto"  # auto: DDP for the Florence-2 decoder sizes, FSDP for the Gemma-2 ones
+    # auto: DDP for the Florence-2 decoder sizes and under scheduled unfreezing, FSDP for the Gemma-2 ones
+    strategy: Literal[STRATEGIES] = "auto"
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 250
     checkpoint_every: PositiveInt = 250
@@ -103,11 +115,59 @@ class RunSettings:
 
 
 @config_model
+class UnfreezeSchedule:
+    """Scheduled unfreezing (SUF): the layers of `parts` start frozen and unfreeze from the top of the
+    network down (the decoder's top layer first, the encoder's bottom layer and embeddings last),
+    `layers_per_stage` more at the start of every `steps_per_stage` steps (model/unfreeze.py)."""
+    steps_per_stage: PositiveInt
+    parts: Parts = ("encoder",)
+    layers_per_stage: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _layered(self) -> "UnfreezeSchedule":
+        for i, part in enumerate(self.parts):
+            if part not in LAYERED_PARTS:
+                raise ConfigError(f"parts[{i}]", f"{part!r} has no layers to unfreeze; layered parts: "
+                                                 f"{', '.join(LAYERED_PARTS)}")
+        return self
+
+
+@config_model
+class TrainableConfig:
+    """The freezing policy: which parts train ("paper": the paper's for the model's decoder family,
+    configuration.PAPER_PARTS), and optionally scheduled unfreezing of some of them (off: null)."""
+    parts: Annotated[Union[Literal["paper"], Parts],
+                     described(f"'paper', or a non-empty list of distinct parts of {', '.join(PARTS)}")] = "paper"
+    unfreeze: Optional[UnfreezeSchedule] = None
+
+    def parts_for(self, kind: str) -> tuple[str, ...]:
+        """The parts that train, for a model whose decoder family is `kind`."""
+        return PAPER_PARTS[kind] if self.parts == "paper" else self.parts
+
+
+@config_model
 class TrainConfig:
     data: DataConfig
     model: ModelConfig
     optim: OptimConfig
     run: RunSettings
+    trainable: TrainableConfig = Field(default_factory=TrainableConfig)
+
+    @model_validator(mode="after")
+    def _schedule_trains(self) -> "TrainConfig":
+        """Only a part that trains can be unfrozen by the schedule, and only under DDP or one process
+        (a trainable set that changes under FSDP is untested: see README)."""
+        schedule = self.trainable.unfreeze
+        if schedule and self.run.strategy == "fsdp":
+            raise ConfigError("trainable.unfreeze", "needs run.strategy ddp or auto (DDP then); scheduled "
+                                                    "unfreezing under FSDP is untested")
+        parts = self.trainable.parts_for(decoder_kind(self.model.size))
+        for i, part in enumerate(schedule.parts if schedule else ()):
+            if part not in parts:
+                policy = f"the paper's freezing for {self.model.size}" if self.trainable.parts == "paper" else "trainable.parts"
+                raise ConfigError(f"trainable.unfreeze.parts[{i}]", f"{part!r} does not train under {policy} "
+                                                                   f"({', '.join(parts)})")
+        return self
 
 
 def train_config_from_dict(raw: object, base_dir: str = ".") -> TrainConfig:

@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 
 from model.scaling import paper_compute  # noqa: E402
 from model.sweep import load_sweep_config, run_configs, sweep  # noqa: E402
+from model.train_config import train_config_from_dict  # noqa: E402
 from schemas.errors import ConfigError  # noqa: E402
 from tests.train_support import build_translated_output, metrics, train_config, train_tokenizers  # noqa: E402
 
@@ -118,15 +119,20 @@ def test_splits_are_outputs_or_overrides_and_the_sweeps_own_fields_are_protected
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({"data": {"output": "out"}, "model": {"size": "tiny"},
                                     "optim": {"warmup_steps": 1}, "run": {"out": "unused"}}))
-    splits = {"paper": {}, "fr-captioned": "built/ablation", "natural": {"data.balance": "natural"}}
+    suf = {"steps_per_stage": 1, "parts": ["encoder"]}  # the scheduled-unfreezing arm
+    splits = {"paper": {}, "fr-captioned": "built/ablation", "natural": {"data.balance": "natural"},
+              "suf": {"trainable.unfreeze": suf}}
     config = load_sweep_config(str(sweep_config(tmp_path, base, splits=splits)))
     cells = {run.name: raw for run, raw in run_configs(config)}
-    assert len(cells) == 3 * 2 * 2
+    assert len(cells) == 4 * 2 * 2
     assert cells["paper/tiny/s2"]["data"]["output"] == str(tmp_path / "out")
     assert cells["fr-captioned/tiny/s2"]["data"]["output"] == str(tmp_path / "built" / "ablation")
     assert cells["natural/tiny-gemma/s3"]["data"]["balance"] == "natural"
     assert cells["natural/tiny-gemma/s3"]["optim"]["steps"] == 3
     assert cells["natural/tiny-gemma/s3"]["run"]["out"] == str(tmp_path / "sweep/runs/natural/tiny-gemma/s3")
+    for size in ("tiny", "tiny-gemma"):
+        assert train_config_from_dict(cells[f"suf/{size}/s2"]).trainable.unfreeze.parts == ("encoder",)
+        assert train_config_from_dict(cells[f"paper/{size}/s2"]).trainable.unfreeze is None  # off by default
     for fields, field in [({"overrides": {"optim.steps": 9}}, "sweep.overrides.optim.steps"),
                           ({"steps": [0]}, "sweep.steps[0]"), ({"budgets": [1]}, "sweep.budgets")]:
         with pytest.raises(ConfigError) as refused:

@@ -1,6 +1,8 @@
 """The loader and the training loop on shards the pipeline wrote from the real COCO sample: batches,
 task-language balancing, exact stream resume, overfitting a small set, checkpoint resume giving the
-same losses, two processes under torchrun (gloo) agreeing, and evaluation with held-out languages."""
+same losses, two processes under torchrun (gloo) agreeing, and evaluation with held-out languages; and
+scheduled unfreezing: the trainable set per step, untouched frozen layers and their optimizer state, exact
+resume across an unfreezing step, DDP across one."""
 from __future__ import annotations
 
 import json
@@ -129,31 +131,96 @@ def test_a_few_hundred_steps_overfit_a_small_set(tmp_path, small):
     assert summary["step"] == 300 and summary["seen"] == 2400
 
 
-def test_a_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, paper):
+# scheduled unfreezing, every scheduled layer after 3 stages of 2 steps (tiny: 2 encoder, 2 decoder layers)
+SUF = {"steps_per_stage": 2, "layers_per_stage": 1}
+
+
+@pytest.mark.parametrize("steps, stop, overrides", [
+    (12, 7, {}),
+    (8, 4, {"trainable.unfreeze": {**SUF, "parts": ["encoder", "decoder_cross_attention"]}}),
+], ids=["paper freezing", "across an unfreezing step"])
+def test_a_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path, paper, steps, stop, overrides):
     """Stopped after an odd number of batches with 2 loader workers, so the resumed loader must also
-    hand the first batch to the right worker stream; dropout is on, so RNG state matters too."""
-    common = {"optim.steps": 12, "run.checkpoint_every": 100, "run.eval_every": 100, "data.workers": 2,
-              "model.size": "tiny-gemma"}
-    run_train(train_config(tmp_path / "a", *paper, **common))
+    hand the first batch to the right worker stream; dropout is on, so RNG state matters too. Under
+    scheduled unfreezing, stopped right before the step that unfreezes the encoder's last layer."""
+    common = {"optim.steps": steps, "run.checkpoint_every": 100, "run.eval_every": 100, "data.workers": 2,
+              "model.size": "tiny-gemma", **overrides}
+    straight = run_train(train_config(tmp_path / "a", *paper, **common))
     interrupted = train_config(tmp_path / "b", *paper, **common)
-    run_train(interrupted, "--steps", "7")
-    assert (tmp_path / "b" / "run" / "checkpoints" / "latest").read_text() == "step-00000007"
-    run_train(interrupted)
+    run_train(interrupted, "--steps", str(stop))
+    assert (tmp_path / "b" / "run" / "checkpoints" / "latest").read_text() == f"step-{stop:08d}"
+    resumed = run_train(interrupted)
 
     def losses(run: Path) -> tuple[dict, dict]:
         rows = metrics(run)
         return {m["step"]: m["loss"] for m in rows if "loss" in m}, [m for m in rows if "eval" in m][-1]
 
     (a, a_eval), (b, b_eval) = losses(tmp_path / "a" / "run"), losses(tmp_path / "b" / "run")
-    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     assert a == b and a_eval == b_eval
-    assert a[12] != a[11]  # the losses do move
+    assert straight["parameter_digest"] == resumed["parameter_digest"]
+    assert a[steps] != a[steps - 1]  # the losses do move
 
 
-def test_two_processes_with_torchrun_train_and_agree(tmp_path, paper):
-    config = train_config(tmp_path, *paper, **{"optim.steps": 6, "run.eval_every": 6, "run.checkpoint_every": 6})
+def test_scheduled_unfreezing_trains_the_top_layers_first_and_leaves_the_rest_untouched(tmp_path, paper):
+    """A real run checkpointed after every step: its weights and optimizer state, step by step, against
+    the schedule. Florence-2's decoder scheduled too: the decoder's top layer first, the encoder's bottom
+    layer (with its embeddings) last."""
+    from model.checkpoint import read_training_state
+    from model.factory import build_model, load_tokenizers
+    from model.modeling import load_weights
+    from model.train_config import load_train_config
+    from model.unfreeze import TrainableSchedule
+
+    steps = 8
+    parts = ["encoder", "decoder_layers", "decoder_cross_attention"]
+    path = train_config(tmp_path, *paper, **{"optim.steps": steps, "run.checkpoint_every": 1,
+                                             "run.keep_checkpoints": steps, "run.eval_every": 100,
+                                             "optim.weight_decay": 0.1, "trainable.unfreeze": {**SUF, "parts": parts}})
+    run_train(path)
+    config = load_train_config(str(path))
+    torch.manual_seed(config.run.seed)  # florenz-train's initial weights
+    model = build_model(config.model, *load_tokenizers(config.model), torch.device("cpu"))
+    schedule = TrainableSchedule(model, config.trainable)
+    weights = [dict(model.state_dict())] + [load_weights(tmp_path / "run" / "checkpoints" / f"step-{k:08d}" / "model")
+                                            for k in range(1, steps + 1)]
+
+    def layers(step: int) -> list[str]:
+        return sorted({".".join(n.split(".")[:3]) for n in schedule.trainable(step) if ".layers." in n})
+
+    stages = [["decoder.layers.1"], ["decoder.layers.0", "decoder.layers.1"],
+              ["decoder.layers.0", "decoder.layers.1", "encoder.layers.1"],
+              ["decoder.layers.0", "decoder.layers.1", "encoder.layers.0", "encoder.layers.1"]]
+    assert [layers(step) for step in range(steps)] == [stage for stage in stages for _ in range(2)]
+    assert [("encoder.embed_tokens.weight" in schedule.trainable(step)) for step in range(steps)] == [False] * 6 + [True] * 2
+    assert all("decoder.embed_tokens.weight" in schedule.trainable(step) for step in range(steps))  # the LM head
+    assert not any(n.startswith(("vision_tower.", "projector.")) for n in schedule.policy)
+    numel = dict(model.named_parameters())
+    logged = [row["trainable_params"] for row in metrics(tmp_path / "run") if "loss" in row]
+    assert logged == [sum(numel[n].numel() for n in schedule.trainable(step)) for step in range(steps)]
+
+    first = {name: min(s for s in range(steps) if name in schedule.trainable(s)) for name in schedule.policy}
+    for step in range(steps):  # weights[step] -> weights[step + 1]: the step with index `step`
+        trained = schedule.trainable(step)
+        for name in schedule.policy:
+            same = torch.equal(weights[step][name], weights[step + 1][name])
+            assert same != (name in trained), (step, name)
+        optimizer = read_training_state(tmp_path / "run" / "checkpoints" / f"step-{step + 1:08d}")["optimizer"]
+        assert set(optimizer["state"]) == trained  # no state for what has not trained yet
+        for name, state in optimizer["state"].items():  # already-trained layers keep counting: no reset
+            assert int(state["step"]) == step + 1 - first[name], (step, name)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"trainable.unfreeze": {**SUF, "parts": ["encoder", "decoder_layers"]}}],
+                         ids=["paper freezing", "scheduled unfreezing"])
+def test_two_processes_with_torchrun_train_and_agree(tmp_path, paper, overrides):
+    """Under scheduled unfreezing DDP is rebuilt at every stage; the ranks still end identical."""
+    config = train_config(tmp_path, *paper, **{"optim.steps": 6, "run.eval_every": 6, "run.checkpoint_every": 6,
+                                               **overrides})
     summary = run_train(config, torchrun=2)
     assert summary["ranks"] == 2 and summary["ranks_agree"]
+    trainable = [m["trainable_params"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert len(set(trainable)) == (3 if overrides else 1)
     assert summary["seen"] == 6 * 4 * 2
     assert (tmp_path / "run" / "checkpoints" / "step-00000006" / "model" / "model.safetensors").exists()
     evals = [m["eval"] for m in metrics(tmp_path / "run") if "eval" in m]
@@ -185,7 +252,16 @@ def test_a_wrong_training_config_is_refused_naming_the_field(tmp_path, paper):
 
     for override, field in [({"optim.lr": "fast"}, "train.optim.lr"), ({"run.precision": "fp8"}, "train.run.precision"),
                             ({"data.image_size": 100}, "train.data.image_size"),
-                            ({"data.batch_size": 0}, "train.data.batch_size")]:
+                            ({"data.batch_size": 0}, "train.data.batch_size"),
+                            ({"trainable.unfreeze": {"steps_per_stage": 0}}, "train.trainable.unfreeze.steps_per_stage"),
+                            ({"trainable.unfreeze": {**SUF, "parts": ["encoder", "decoder"]}},
+                             "train.trainable.unfreeze.parts[1]"),  # no such part
+                            ({"trainable.unfreeze": {**SUF, "parts": ["projector"]}},
+                             "train.trainable.unfreeze.parts[0]"),  # no layers
+                            ({"model.size": "tiny-gemma", "trainable.unfreeze": {**SUF, "parts": ["decoder_layers"]}},
+                             "train.trainable.unfreeze.parts[0]"),  # frozen by the paper's Gemma-2 policy
+                            ({"trainable.parts": ["encoder", "encoder"]}, "train.trainable.parts"),
+                            ({"trainable.unfreeze": SUF, "run.strategy": "fsdp"}, "train.trainable.unfreeze")]:
         with pytest.raises(ConfigError) as error:
             load_train_config(str(train_config(tmp_path, *paper, **override)))
         assert error.value.field == field
