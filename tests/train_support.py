@@ -74,7 +74,7 @@ def train_config(tmp: Path, output: Path, tokenizers: tuple[Path, Path], **overr
     }
     for dotted, value in overrides.items():
         section, name = dotted.split(".")
-        config[section][name] = value
+        config.setdefault(section, {})[name] = value
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "train.yaml"
     path.write_text(yaml.safe_dump(config))
