@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms
 
-from model.prompts import decoder_prefix, encoder_prompt
+from model.prompts import DECODER_START_BOS, DECODER_START_OFFICIAL, DECODER_STARTS, decoder_prefix, encoder_prompt
 from model.modeling import IGNORE_INDEX
 from schemas.layout import IMAGE_EXTENSIONS, JSON_EXTENSION, STATS, index_entries, index_name
 from schemas.sample import Annotation, decode_sample_json, task_language
@@ -122,19 +122,28 @@ class Example:
 
 class Collator:
     """Tokenizes a list of Examples: encoder prompts with Florence-2's tokenizer, targets with Gemma-2's,
-    right padding, labels masked (-100) on padding and on the decoder prefix when one is used."""
+    right padding, labels masked (-100) on padding and on the decoder prefix when one is used.
+
+    `decoder_start` "bos": the decoder starts from [bos] and is scored on target + eos. "eos_bos", the
+    official code's (decoder_start_token_id = eos, labels = the tokenizer's [bos] + target + [eos]; its
+    src/eval_loss.py lines 196-207): the decoder starts from [eos] and is scored on bos + target + eos.
+    A prefix, when used, is given with everything before it and never scored."""
 
     def __init__(self, encoder_tokenizer, decoder_tokenizer, max_prompt_tokens: int = 128,
-                 max_target_tokens: int = 64, use_prefix: bool = False):
+                 max_target_tokens: int = 64, use_prefix: bool = False, decoder_start: str = DECODER_START_BOS):
+        if decoder_start not in DECODER_STARTS:
+            raise ValueError(f"decoder_start must be one of {DECODER_STARTS}, not {decoder_start!r}")
         self.encoder_tokenizer, self.decoder_tokenizer = encoder_tokenizer, decoder_tokenizer
         self.max_prompt_tokens, self.max_target_tokens, self.use_prefix = (max_prompt_tokens, max_target_tokens,
                                                                            use_prefix)
+        self.official_start = decoder_start == DECODER_START_OFFICIAL
 
     def decoder_start(self, annotation: Annotation) -> list[int]:
-        """[bos] + the prefix tokens: what the decoder is given before the target."""
+        """[bos] (official: [eos, bos]) + the prefix tokens: where generation starts."""
         prefix = decoder_prefix(annotation) if self.use_prefix else ""
         ids = self.decoder_tokenizer(prefix, add_special_tokens=False).input_ids if prefix else []
-        return [self.decoder_tokenizer.bos_token_id, *ids]
+        lead = [self.decoder_tokenizer.eos_token_id] if self.official_start else []
+        return [*lead, self.decoder_tokenizer.bos_token_id, *ids]
 
     def __call__(self, examples: list[Example]) -> dict[str, Any]:
         prompts = self.encoder_tokenizer([encoder_prompt(e.annotation) for e in examples], padding=True,
@@ -144,7 +153,9 @@ class Collator:
             start = self.decoder_start(example.annotation)
             target = self.decoder_tokenizer(example.annotation.target, add_special_tokens=False).input_ids
             sequences.append(start + target[: self.max_target_tokens] + [self.decoder_tokenizer.eos_token_id])
-            label_starts.append(len(start) - 1)
+            # scored from after the prefix; from bos itself when the official start has no prefix ([eos, bos])
+            given = 1 if self.official_start and len(start) == 2 else len(start)
+            label_starts.append(given - 1)
         length = max(len(s) for s in sequences) - 1
         pad = self.decoder_tokenizer.pad_token_id
         decoder_input_ids = torch.full((len(examples), length), pad, dtype=torch.long)

@@ -4,11 +4,16 @@ Translation: BLEU and chrF (sacrebleu; the "zh" tokenizer for Chinese) against t
 Captioning: CIDEr-D (pycocoevalcap's scorer) against all of the image's captions in that language, with
 a light tokenization (lower case, punctuation removed; characters for Chinese) instead of the Java PTB
 tokenizer. Held-out caption languages are scored like the others: that is the unseen-pair result.
-Writes a results JSON (per key, and per test set: seen/unseen captioning, seen translation).
+Writes a results JSON (per key, and per test set: the config's eval.test_sets, by default seen/unseen
+captioning and seen translation). Captions start with the language's prefix when eval.generate_prefix
+(or --prefix) says so, as the official evaluation's --use_prefix.
+
+--contrastive FILE.jsonl instead measures CoMMuTE-style disambiguation accuracy (model/contrastive.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -21,8 +26,9 @@ import torch
 from pycocoevalcap.cider.cider import Cider
 
 from model.checkpoint import CheckpointError, latest_checkpoint
-from model.data import Collator, Example, eval_examples, image_transform, shard_urls
-from model.eval_loss import batched, output_plan, test_sets
+from model.data import Example, eval_examples, image_transform, shard_urls
+from model.contrastive import ContrastiveInputError, contrastive_accuracy, read_items
+from model.eval_loss import batched, eval_collator, output_plan, test_sets
 from model.generate import generate
 from model.modeling import FlorenzModel
 from model.factory import load_tokenizers
@@ -52,14 +58,17 @@ def score_key(task: str, lang: str, hypotheses: dict[str, str], references: dict
     return {"n": len(ids), "bleu": bleu.score, "chrf": sacrebleu.corpus_chrf(hyps, refs).score}
 
 
+def load_model(checkpoint: Path) -> tuple[FlorenzModel, torch.device]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return FlorenzModel.from_pretrained(checkpoint / "model", device=device).eval(), device
+
+
 def evaluate(config: TrainConfig, checkpoint: Path, num_beams: int, use_prefix: bool, max_images: int,
              max_new_tokens: int, batch_size: int) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = FlorenzModel.from_pretrained(checkpoint / "model", device=device).eval()
+    model, device = load_model(checkpoint)
     encoder_tokenizer, decoder_tokenizer = load_tokenizers(config.model)
-    collator = Collator(encoder_tokenizer, decoder_tokenizer, config.data.max_prompt_tokens,
-                        config.data.max_target_tokens, use_prefix)
-    sets = test_sets(output_plan(config.data.output))
+    collator = eval_collator(config, encoder_tokenizer, decoder_tokenizer, use_prefix)
+    sets = test_sets(output_plan(config.data.output), config.eval.test_sets)
     # One hypothesis per (image, key): the first annotation of that key is the input; all are references.
     inputs: dict[str, list[Example]] = defaultdict(list)
     references: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -90,11 +99,21 @@ def evaluate(config: TrainConfig, checkpoint: Path, num_beams: int, use_prefix: 
                                              for i, h in sorted(hypotheses.items())[:3]]}
     for name, keys in sets.items():
         scored = [results["keys"][k] for k in keys if k in results["keys"]]
-        metric = "cider" if "caption" in name else "bleu"
+        metric = "cider" if next(iter(keys)).startswith(TASK_CAPTION) else "bleu"
         if scored:
             results[name] = {metric: sum(s[metric] for s in scored) / len(scored),
                              "keys": sorted(k for k in keys if k in results["keys"])}
     return results
+
+
+def evaluate_contrastive(config: TrainConfig, checkpoint: Path, items_path: str, batch_size: int) -> dict:
+    """Contrastive disambiguation accuracy of a checkpoint on a JSONL of items (model/contrastive.py)."""
+    items = read_items(items_path)
+    model, device = load_model(checkpoint)
+    collator = eval_collator(config, *load_tokenizers(config.model), use_prefix=False)
+    result = contrastive_accuracy(model, items, image_transform(config.data.image_size), collator, batch_size, device,
+                                  contextlib.nullcontext)
+    return {"checkpoint": str(checkpoint), "items": items_path, "contrastive": result}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -103,9 +122,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("config", help="the run's training config")
     parser.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the run's latest)")
     parser.add_argument("--beams", type=int, default=1, help="1: greedy")
-    parser.add_argument("--prefix", action="store_true", help="start captions with the language's prefix")
+    parser.add_argument("--prefix", action=argparse.BooleanOptionalAction, default=None,
+                        help="start captions with the language's prefix (default: the config's eval.generate_prefix)")
     parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="the official evaluation's 128")
+    parser.add_argument("--contrastive", default=None, metavar="JSONL",
+                        help="measure contrastive disambiguation accuracy on these items instead of generating")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--results", default=None, help="results JSON (default: RUN/eval-<step>.json)")
     args = parser.parse_args(argv)
@@ -119,14 +141,26 @@ def main(argv: Optional[list[str]] = None) -> int:
                       else latest_checkpoint(Path(config.run.out, "checkpoints")))
         if checkpoint is None:
             parser.error(f"no checkpoint in {config.run.out}/checkpoints")
-        results = evaluate(config, checkpoint, args.beams, args.prefix, args.max_images, args.max_new_tokens,
-                           args.batch_size)
+        if args.contrastive:
+            results = evaluate_contrastive(config, checkpoint, args.contrastive, args.batch_size)
+        else:
+            prefix = config.eval.generate_prefix if args.prefix is None else args.prefix
+            results = evaluate(config, checkpoint, args.beams, prefix, args.max_images, args.max_new_tokens,
+                               args.batch_size)
     except CheckpointError as error:  # a checkpoint or `latest` pointer that cannot be loaded
         print(f"checkpoint error: {error}", file=sys.stderr)
         return 2
-    path = Path(args.results or Path(config.run.out, f"eval-{checkpoint.name}.json"))
+    except ConfigError as error:  # a setting the data contradicts (eval.test_sets naming a key it lacks)
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except ContrastiveInputError as error:
+        print(f"contrastive input error: {error}", file=sys.stderr)
+        return 2
+    name = "contrastive" if args.contrastive else "eval"
+    path = Path(args.results or Path(config.run.out, f"{name}-{checkpoint.name}.json"))
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False, sort_keys=True))
-    print(json.dumps({k: v for k, v in results.items() if k != "keys"}, sort_keys=True))
+    summary = results["contrastive"] if args.contrastive else results
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("keys", "items")}, sort_keys=True))
     return 0
 
 

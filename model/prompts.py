@@ -3,7 +3,8 @@
 Prompt = a language sentence + a task sentence: "The target language is German. What does the image
 describe?" for captioning, "... Translate the following text: {english}" for translation (the image is
 context). Zero-shot captioning in a language never captioned in training needs a target-language
-decoder prefix ("Das Bild zeigt").
+decoder prefix ("Das Bild zeigt"): the paper's prefixes, as the official code's evaluation gives them
+(spravil/caption-via-translation, src/eval.py lines 728-735, Florence2ModelWrapper.process_batch_captioning).
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from schemas.sample import Annotation
 
 CAPTION_TASK = "What does the image describe?"
 TRANSLATION_TASK = "Translate the following text: {source}"
+# How the decoder sequence starts (model/data.py Collator): [bos], or the official code's [eos] then a scored bos
+DECODER_START_BOS, DECODER_START_OFFICIAL = "bos", "eos_bos"
+DECODER_STARTS = (DECODER_START_BOS, DECODER_START_OFFICIAL)
 DECODER_PREFIXES = {
     "en": "The image shows", "de": "Das Bild zeigt", "fr": "La photo montre", "es": "La imagen muestra",
-    "ru": "На изображении показано", "zh": "图片显示",
+    "ru": "На картинке изображен", "zh": "图为",
 }
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from model.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from model.data import (AnnotationSampler, Collator, ResumableShardStream, image_transform, shard_urls,
                         split_key_counts, train_loader)
-from model.eval_loss import evaluate_loss
+from model.eval_loss import eval_collator, evaluate_loss, output_plan, test_sets
 from model.factory import build_model, load_tokenizers
 from model.modeling import FlorenzModel
 from model.optim import flops_per_token, optimizer_for, warmup_cosine
@@ -143,7 +143,9 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     transform = image_transform(data.image_size)
     sampler = AnnotationSampler.from_setting(data.balance, split_key_counts(data.output, SPLIT_TRAIN))
     collator = Collator(encoder_tokenizer, decoder_tokenizer, data.max_prompt_tokens, data.max_target_tokens,
-                        data.decoder_prefix)
+                        data.decoder_prefix, data.decoder_start)
+    loss_collator = eval_collator(config, encoder_tokenizer, decoder_tokenizer, config.eval.loss_prefix)
+    test_sets(output_plan(data.output), config.eval.test_sets)  # a wrong eval.test_sets refused before training
     stream = ResumableShardStream(shard_urls(data.output, SPLIT_TRAIN), sampler, transform, config.run.seed,
                                   procs.rank, data.shuffle_buffer, start=positions,
                                   rotation=counters["consumed"] % max(1, data.workers))
@@ -203,8 +205,8 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
                            "grad_norm": float(grad_norm), "trainable_params": trainable, "seen": counters["seen"], "tokens": counters["tokens"],
                            "compute": counters["compute"], "elapsed_s": round(time.time() - started, 3)})
         if step % config.run.eval_every == 0 or step == end:
-            losses = evaluate_loss(model, data.output, transform, collator, data.batch_size, data.eval_images,
-                                   procs.device, autocast)
+            losses = evaluate_loss(model, data.output, transform, loss_collator, data.batch_size, data.eval_images,
+                                   procs.device, autocast, config.eval.test_sets)
             metrics.write({"step": step, "eval": losses})
             if losses:
                 scaling.write({"run": str(out), "size": model.config.size, "params": params["total"],
@@ -243,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(config, stop_at=args.steps)
     except CheckpointError as error:  # a checkpoint or `latest` pointer that cannot be resumed from
         print(f"checkpoint error: {error}", file=sys.stderr)
+        return 2
+    except ConfigError as error:  # a setting the data contradicts (eval.test_sets naming a key it lacks)
+        print(f"config error: {error}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, sort_keys=True))

@@ -11,9 +11,10 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from model.configuration import LAYERED_PARTS, PAPER_PARTS, PARTS
+from model.prompts import DECODER_STARTS
 from model.sizes import PRETRAINED, SIZES, decoder_kind
-from schemas.contract import (Bool, NonNegativeFloat, NonNegativeInt, Path, PositiveFloat, PositiveInt, Text,
-                              config_model, described, resolve_path, validate_config)
+from schemas.contract import (Bool, Language, NonNegativeFloat, NonNegativeInt, Path, PositiveFloat, PositiveInt,
+                              Text, config_model, described, resolve_path, validate_config)
 from schemas.errors import ConfigError
 from schemas.records import TASKS
 
@@ -68,6 +69,8 @@ class DataConfig:
     max_target_tokens: PositiveInt = 64
     decoder_prefix: Bool = False
     eval_images: NonNegativeInt = 256  # eval images read per evaluation (all their annotations)
+    # bos: the decoder starts from [bos]; eos_bos: from [eos] and bos is scored (the official code). model/data.py
+    decoder_start: Literal[DECODER_STARTS] = "bos"
 
 
 @config_model
@@ -114,6 +117,27 @@ class RunSettings:
     progress: Bool = True
 
 
+TestSetName = Annotated[str, Field(strict=True, pattern=r"^[a-z][a-z0-9_]*$"),
+                        described("a lower-case name of letters, digits and _ (a metric's name: loss/<name>)")]
+
+
+@config_model
+class TestSet:
+    task: Literal[TASKS]
+    languages: Annotated[list[Language], Field(min_length=1)]
+
+
+@config_model
+class EvalConfig:
+    """What evaluation measures and how (model/eval_loss.py, model/evaluate.py)."""
+    # name -> (task, languages); unset: seen_caption, seen_translation, unseen_caption from the data's plan.
+    # The paper: unseen_caption = caption es+zh, seen_translation = translation es+zh, seen_caption = caption en+de
+    test_sets: Optional[Annotated[dict[TestSetName, TestSet], Field(min_length=1)]] = None
+    loss_prefix: Bool = False  # eval loss with the decoder prefix given (not scored); the paper's: without
+    generate_prefix: Bool = False  # florenz-eval starts captions with the prefix (the official eval.py --use_prefix)
+    max_target_tokens: PositiveInt = 1024  # target tokens scored; the official src/eval_loss.py's 1024
+
+
 @config_model
 class UnfreezeSchedule:
     """Scheduled unfreezing (SUF): the layers of `parts` start frozen and unfreeze from the top of the
@@ -152,6 +176,7 @@ class TrainConfig:
     optim: OptimConfig
     run: RunSettings
     trainable: TrainableConfig = Field(default_factory=TrainableConfig)
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _schedule_trains(self) -> "TrainConfig":
