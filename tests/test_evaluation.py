@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.helpers import COCO_SAMPLE, SHARED_DATA  # noqa: E402
-from tests.train_support import build_translated_output, train_config, train_tokenizers  # noqa: E402
+from tests.train_support import paper, train_config  # noqa: E402,F401 (paper: a fixture)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -24,13 +24,6 @@ COMMUTE = SHARED_DATA / "commute" / "en-de"
 PAPER_SETS = {"unseen_caption": {"task": "caption", "languages": ["es", "zh"]},
               "seen_translation": {"task": "translation", "languages": ["es", "zh"]},
               "seen_caption": {"task": "caption", "languages": ["en", "de"]}}
-
-
-@pytest.fixture(scope="module")
-def paper(tmp_path_factory):
-    """(pipeline output of the paper's plan with an eval split, tokenizer folders)."""
-    root = tmp_path_factory.mktemp("paper")
-    return build_translated_output(root), train_tokenizers(root)
 
 
 @pytest.fixture(scope="module")

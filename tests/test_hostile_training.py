@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 from tests.helpers import COCO_SAMPLE, require_coco_sample  # noqa: E402
 from tests.hostile import CliResult, expect, run_cli  # noqa: E402
-from tests.train_support import build_translated_output, train_config, train_tokenizers  # noqa: E402
+from tests.train_support import paper, train_config  # noqa: E402,F401 (paper: a fixture)
 
 STEPS = {"optim.steps": 4, "run.checkpoint_every": 2, "run.eval_every": 100, "data.eval_images": 4}
 CHECKPOINT = "step-00000002"
@@ -27,13 +27,6 @@ STATE_JSON, STATE_TENSORS, OLD_PICKLE = "training_state.json", "training_state.s
 
 
 # -- fixtures ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def paper(tmp_path_factory):
-    """(pipeline output of the paper's plan over the real COCO sample, tokenizer folders)."""
-    root = tmp_path_factory.mktemp("paper")
-    return build_translated_output(root), train_tokenizers(root)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, paper) -> Path:
     """A run folder stopped at step 2 of 4 by the real CLI: checkpoints/step-00000002 and `latest`."""

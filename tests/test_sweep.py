@@ -18,18 +18,11 @@ from model.scaling import paper_compute  # noqa: E402
 from model.sweep import load_sweep_config, run_configs, sweep  # noqa: E402
 from model.train_config import train_config_from_dict  # noqa: E402
 from schemas.errors import ConfigError  # noqa: E402
-from tests.train_support import build_translated_output, metrics, train_config, train_tokenizers  # noqa: E402
+from tests.train_support import metrics, paper, train_config  # noqa: E402,F401 (paper: a fixture)
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 BATCH = 4  # tests/train_support.py's tiny config
-
-
-@pytest.fixture(scope="module")
-def paper(tmp_path_factory):
-    """(pipeline output of the paper's plan with an eval split, tokenizer folders)."""
-    root = tmp_path_factory.mktemp("paper")
-    return build_translated_output(root), train_tokenizers(root)
 
 
 def sweep_config(tmp: Path, base: Path, **fields) -> Path:

@@ -17,16 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.helpers import PAPER_PLAN, coco_captions, fill_store, run_build, write_config  # noqa: E402
-from tests.train_support import build_translated_output, metrics, train_config, train_tokenizers  # noqa: E402
+from tests.train_support import metrics, paper, train_config  # noqa: E402,F401 (paper: a fixture)
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def paper(tmp_path_factory):
-    """(pipeline output of the paper's plan with an eval split, tokenizer folders)."""
-    root = tmp_path_factory.mktemp("paper")
-    return build_translated_output(root), train_tokenizers(root)
 
 
 @pytest.fixture(scope="module")

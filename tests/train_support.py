@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.helpers import PAPER_PLAN, coco_captions, coco_source, fake_translation, fill_store, run_build, \
@@ -83,3 +84,11 @@ def train_config(tmp: Path, output: Path, tokenizers: tuple[Path, Path], **overr
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    """(pipeline output of the paper's plan over the real COCO sample, with an eval split; tokenizer
+    folders): the training tests' shared input, built once per test module that imports this fixture."""
+    root = tmp_path_factory.mktemp("paper")
+    return build_translated_output(root), train_tokenizers(root)
