@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from model.scaling import forward_macs, paper_compute
 from model.train_config import load_train_config
-from schemas.contract import validate_config
+from schemas.contract import Path as ConfigPath, resolve_against, validate_config
 from schemas.errors import ConfigError
 
 # Set by the sweep for every run; an override of one of them would break the grid.
@@ -38,13 +38,13 @@ class SweepConfig(BaseModel):
     """The sweep's own settings; everything about one run stays in the training config it starts from."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train: str  # the base training config (YAML), relative to this file
-    out: str  # the sweep folder: runs/, results.parquet, results.csv
+    train: ConfigPath  # the base training config (YAML), relative to this file
+    out: ConfigPath  # the sweep folder: runs/, results.parquet, results.csv
     # model.size of each arm, or size -> dotted overrides for that size (batch split, lr per size)
     sizes: Union[list[str], dict[str, dict[str, Any]]] = Field(min_length=1)
     steps: list[PositiveInt] = Field(min_length=1)  # step budgets: one cosine schedule each
     # split name -> a built pipeline output folder (data.output), or dotted overrides of the training config
-    splits: dict[str, Union[str, dict[str, Any]]] = Field(default_factory=lambda: {"base": {}}, min_length=1)
+    splits: dict[str, Union[ConfigPath, dict[str, Any]]] = Field(default_factory=lambda: {"base": {}}, min_length=1)
     overrides: dict[str, Any] = Field(default_factory=dict)  # dotted fields for every run
     launch: Optional[list[str]] = None  # the training command before the config; default: this Python's florenz-train
     macs_device: str = "cpu"  # where a model of each size runs once to count its forward MACs
@@ -70,15 +70,7 @@ def load_sweep_config(path: str) -> SweepConfig:
     """The sweep config, its paths resolved against its folder; a wrong field is refused by its dotted name."""
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
-    config = validate_config(SweepConfig, raw, "sweep")
-    base = os.path.dirname(os.path.abspath(path))
-    return config.model_copy(update={"train": _resolve(config.train, base), "out": _resolve(config.out, base),
-                                     "splits": {name: _resolve(split, base) if isinstance(split, str) else split
-                                                for name, split in config.splits.items()}})
-
-
-def _resolve(path: str, base: str) -> str:
-    return path if "://" in path or os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
+    return validate_config(SweepConfig, raw, "sweep", base_dir=os.path.dirname(os.path.abspath(path)))
 
 
 def _set(raw: dict, dotted: str, value: Any, field: str) -> None:
@@ -98,10 +90,10 @@ def run_configs(config: SweepConfig) -> list[tuple[Run, dict]]:
     base_dir = os.path.dirname(config.train)
     base_raw.setdefault("data", {})
     if "output" in base_raw["data"]:
-        base_raw["data"]["output"] = _resolve(base_raw["data"]["output"], base_dir)
+        base_raw["data"]["output"] = resolve_against(base_raw["data"]["output"], base_dir)
     init = base_raw.get("model", {}).get("init")
     if init not in (None, "random", "pretrained"):  # a Florenz checkpoint folder
-        base_raw["model"]["init"] = _resolve(init, base_dir)
+        base_raw["model"]["init"] = resolve_against(init, base_dir)
     sizes = config.sizes if isinstance(config.sizes, dict) else {size: {} for size in config.sizes}
     runs = []
     for split, setting in config.splits.items():

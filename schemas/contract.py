@@ -49,12 +49,16 @@ Bool = Annotated[bool, Field(strict=True), described("true or false")]
 Text = Annotated[str, Field(strict=True, min_length=1), described("a non-empty string")]
 
 
-def resolve_path(path: str, info: ValidationInfo) -> str:
-    """A relative path, against the config file's folder (the context's base_dir); URIs as they are."""
-    base_dir = (info.context or {}).get("base_dir")
+def resolve_against(path: str, base_dir: Optional[str]) -> str:
+    """A relative path, against `base_dir` (a config file's folder); URIs and absolute paths as they are."""
     if base_dir is None or "://" in path or os.path.isabs(path):
         return path
     return os.path.normpath(os.path.join(base_dir, path))
+
+
+def resolve_path(path: str, info: ValidationInfo) -> str:
+    """A relative path, against the config file's folder (the context's base_dir); URIs as they are."""
+    return resolve_against(path, (info.context or {}).get("base_dir"))
 
 
 Path = Annotated[Text, AfterValidator(resolve_path)]
