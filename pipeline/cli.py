@@ -243,6 +243,18 @@ def _import_translations(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _toy_world(args: argparse.Namespace, rest: list[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.object_stores import check_s3
+    from pipeline.toy_world import write_world
+
+    check_s3([args.out], PipelineOptions(rest))
+    print(json.dumps(write_world(args.out, args.scenes, args.seed, args.image_size, args.rows_per_part,
+                                 _beam_args(rest)), indent=2))
+    return 0
+
+
 def _report(args: argparse.Namespace, rest: list[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -337,6 +349,14 @@ def main(argv: list[str] | None = None) -> int:
                           help="default: from the source's name")
     imported.add_argument("--rows-per-part", type=int, default=None, help="store rows per part (default 4096)")
     imported.set_defaults(run=_import_translations)
+    toy = sub.add_parser("toy-world", help="render the toy world's scenes (Parquet) and its exact translations "
+                                           "(for import-translations): inputs for the emergence study")
+    toy.add_argument("out", help="folder to write (local, gs://, s3://)")
+    toy.add_argument("--scenes", type=int, required=True, help="how many scenes to render")
+    toy.add_argument("--seed", type=int, default=0, help="the world's seed (scene i is fixed by seed and i)")
+    toy.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    toy.add_argument("--rows-per-part", type=int, default=5000, help="scenes per Parquet part (default 5000)")
+    toy.set_defaults(run=_toy_world)
     evaluate = sub.add_parser("eval-translator", help="BLEU/chrF and rejection rates on a parallel test set")
     evaluate.add_argument("config")
     _translator_flags(evaluate)

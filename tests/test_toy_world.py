@@ -1,0 +1,118 @@
+"""The toy world (issue 18): grammar captions that are exact translations of each other and read back to
+the scene, deterministic rendering whose geometry matches the caption, and inputs the real pipeline
+builds from (toy-world -> import-translations -> build -> verify)."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.helpers import REPO
+from transforms.toy_grammar import LANGUAGES, attribute_accuracy, caption, read_attributes
+from transforms.toy_scenes import (COLOURS, Scene, Thing, every_scene, render, sample_scene, scene_key,
+                                   scene_of_key)
+
+CLI = str(Path(sys.executable).with_name("florenz-data"))
+
+
+def test_agreement_case_and_word_order_follow_each_language():
+    star, diamond = Thing("star", "white", "large"), Thing("diamond", "purple", "small")
+    scene = Scene(star, second=diamond, relation="left_of")
+    assert [caption(scene, lang) for lang in LANGUAGES] == [
+        "A large white star to the left of a small purple diamond.",
+        "Ein großer weißer Stern links von einer kleinen violetten Raute.",  # dative after von, Raute feminine
+        "Une grande étoile blanche à gauche d'un petit losange violet.",  # étoile feminine, colour after noun
+        "Una estrella blanca grande a la izquierda de un rombo morado pequeño.",
+        "Большая белая звезда слева от маленького фиолетового ромба.",  # genitive after от
+        "一个大的白色星形在一个小的紫色菱形的左边。",  # no spaces
+    ]
+    below = Scene(Thing("square", "blue", "small"), second=Thing("cross", "orange", "large"), relation="below")
+    assert caption(below, "ru") == "Маленький синий квадрат под большим оранжевым крестом."  # instrumental after под
+    assert caption(below, "de") == "Ein kleines blaues Quadrat unter einem großen orangefarbenen Kreuz."
+    assert caption(Scene(Thing("circle", "red", "small"), position="center"), "zh") == "中间有一个小的红色圆形。"
+
+
+def test_every_caption_of_the_grammar_reads_back_to_its_scene_in_every_language():
+    scenes = list(every_scene())
+    assert len(scenes) == len({caption(s, "en") for s in scenes}) == 36_960  # one scene per distinct caption
+    for scene in scenes[::37]:
+        for lang in LANGUAGES:
+            assert attribute_accuracy(caption(scene, lang), lang, scene) == 1.0, (lang, caption(scene, lang))
+
+
+def test_a_wrong_caption_scores_what_it_gets_right():
+    scene = Scene(Thing("circle", "red", "small"), second=Thing("square", "blue", "large"), relation="above")
+    wrong = Scene(Thing("circle", "green", "small"), second=Thing("square", "blue", "large"), relation="below")
+    for lang in LANGUAGES:
+        assert attribute_accuracy(caption(wrong, lang), lang, scene) == pytest.approx(5 / 7)  # colour and relation wrong
+    assert attribute_accuracy("Ein Kreis.", "de", scene) == pytest.approx(1 / 7)  # only the first shape
+    assert read_attributes("", "fr")["first"] == {"shape": None, "colour": None, "size": None}
+
+
+def _centroid(pixels: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    mask = (np.abs(pixels.astype(int) - colour).sum(axis=2) < 60)
+    assert mask.sum() > 5, colour
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_rendering_is_deterministic_distinct_and_drawn_where_the_caption_says():
+    assert render(sample_scene(3, 7), 3, 7) == render(sample_scene(3, 7), 3, 7)
+    assert len({render(sample_scene(3, i), 3, i) for i in range(50)}) == 50
+    assert scene_of_key(scene_key(3, 123)) == sample_scene(3, 123)
+    checked = 0
+    for index in range(400):
+        scene = sample_scene(5, index)
+        if scene.second is None or scene.first.colour == scene.second.colour:
+            continue
+        pixels = np.asarray(Image.open(io.BytesIO(render(scene, 5, index, 96))).convert("RGB"))
+        assert pixels.shape == (96, 96, 3)
+        first, second = (_centroid(pixels, COLOURS[t.colour]) for t in (scene.first, scene.second))
+        axis, sign = {"left_of": (0, -1), "right_of": (0, 1), "above": (1, -1), "below": (1, 1)}[scene.relation]
+        assert sign * (first[axis] - second[axis]) > 20, (index, scene)
+        checked += 1
+    assert checked > 200
+
+
+def test_the_toy_world_goes_through_import_and_build_with_the_held_out_captions_dropped(tmp_path):
+    world = tmp_path / "world"
+    subprocess.run([CLI, "toy-world", str(world), "--scenes", "300", "--rows-per-part", "120"], check=True,
+                   capture_output=True, timeout=300)
+    assert sorted(p.name for p in (world / "images").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    rows = pq.read_table(world / "images").to_pylist()
+    assert len(rows) == 300 and rows[5]["key"] == scene_key(0, 5)
+    assert rows[5]["caption"] == caption(sample_scene(0, 5), "en")
+    assert json.loads(rows[5]["scene"]) == sample_scene(0, 5).attributes()
+
+    store = tmp_path / "store"
+    done = subprocess.run([CLI, "import-translations", str(world / "translations.parquet"), "--store", str(store),
+                           "--languages", "de,fr,es,ru,zh", "--fingerprint", "import-toy0"],
+                          check=True, capture_output=True, text=True, timeout=600)
+    counts = json.loads(done.stdout)["counts"]
+    assert counts["accepted"] == counts["translations_read"] == 5 * 36_960  # every translation passes the checks
+
+    config = (REPO / "configs" / "toy-world.yaml").read_text()
+    for folder, path in (("../out/toy-world/images", world / "images"), ("../out/toy-world-store", store),
+                         ("../out/toy-world-shards", tmp_path / "out")):
+        config = config.replace(folder, str(path))
+    (tmp_path / "toy.yaml").write_text(config)
+    subprocess.run([CLI, "build", str(tmp_path / "toy.yaml")], check=True, capture_output=True, timeout=600)
+    subprocess.run([CLI, "verify", str(tmp_path / "out")], check=True, capture_output=True, timeout=300)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    train = stats["splits"]["train"]["annotations"]
+    assert "caption-ru" not in train and "caption-zh" not in train and train["translation-zh"] > 0
+    assert stats["splits"]["eval"]["annotations"]["caption-zh"] > 0  # held-out references for the eval
+    with tarfile.open(sorted((tmp_path / "out" / "eval").glob("*.tar"))[0]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".json"))
+        sample = json.loads(tar.extractfile(member).read())
+    scene = scene_of_key(sample["source_id"])
+    references = {a["lang"]: a["target"] for a in sample["annotations"] if a["task"] == "caption"}
+    assert references == {lang: caption(scene, lang) for lang in LANGUAGES}  # exact, from the store
