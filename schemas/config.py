@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union
 import yaml
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr, ValidationInfo, model_validator
 
+from schemas.bitext import BitextConfig
 from schemas.contract import (Bool, NonNegativeInt, Path, PositiveFloat, PositiveInt, Text, config_model,
                               described, resolve_path, validate_config)
 from schemas.coverage import CoveragePlan
@@ -234,6 +235,7 @@ class RunConfig:
     plan: CoveragePlan
     validation: ValidationRules = ValidationRules()
     translator: Optional[TranslatorConfig] = None
+    bitext: Optional[BitextConfig] = None  # parallel sentences matched to the images (schemas/bitext.py)
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
@@ -270,6 +272,8 @@ class RunConfig:
                 translator["managed"]["command"] = redact_args(translator["managed"]["command"])
                 translator["managed"]["args"] = redact_args(translator["managed"]["args"])
             out["translator"] = translator
+        if self.bitext is not None:
+            out["bitext"] = dataclasses.asdict(self.bitext)
         return out
 
     @classmethod
