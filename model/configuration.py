@@ -37,6 +37,7 @@ class FlorenzConfig:
     decoder_eos_token_id: int = 1
     decoder_bos_token_id: int = 2
     size: str = "custom"
+    vision_tower: str = "davit"  # model/toy_vision.py: "davit" (Florence-2's) or "patch_stem" (toy world)
 
     @property
     def decoder_kind(self) -> str:
@@ -50,7 +51,8 @@ class FlorenzConfig:
         return {"size": self.size, "florence": self.florence.to_dict(),
                 "gemma": None if self.gemma is None else self.gemma.to_dict(),
                 "decoder_vocab_size": self.decoder_vocab_size, "decoder_pad_token_id": self.decoder_pad_token_id,
-                "decoder_eos_token_id": self.decoder_eos_token_id, "decoder_bos_token_id": self.decoder_bos_token_id}
+                "decoder_eos_token_id": self.decoder_eos_token_id, "decoder_bos_token_id": self.decoder_bos_token_id,
+                "vision_tower": self.vision_tower}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "FlorenzConfig":
@@ -58,7 +60,8 @@ class FlorenzConfig:
         return cls(florence=Florence2Config(**raw["florence"]), gemma=None if gemma is None else Gemma2Config(**gemma),
                    decoder_vocab_size=raw["decoder_vocab_size"], decoder_pad_token_id=raw["decoder_pad_token_id"],
                    decoder_eos_token_id=raw["decoder_eos_token_id"],
-                   decoder_bos_token_id=raw["decoder_bos_token_id"], size=raw.get("size", "custom"))
+                   decoder_bos_token_id=raw["decoder_bos_token_id"], size=raw.get("size", "custom"),
+                   vision_tower=raw.get("vision_tower", "davit"))
 
     def save(self, directory: str | Path) -> None:
         Path(directory, CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))

@@ -19,6 +19,7 @@ from transformers.models.bart.modeling_bart import BartScaledWordEmbedding
 
 from model.configuration import DECODER_BART, PAPER_PARTS, PARTS, FlorenzConfig
 from model.cross_attention import ENCODER_MASK, ENCODER_STATES, add_cross_attention
+from model.toy_vision import DAVIT, VISION_TOWERS, PatchStem
 
 WEIGHTS_NAME = "model.safetensors"
 IGNORE_INDEX = -100
@@ -36,7 +37,10 @@ class FlorenzModel(nn.Module):
         self.config = config
         florence = florence if florence is not None else Florence2ForConditionalGeneration(config.florence)
         base = florence.model
-        self.vision_tower = base.vision_tower
+        if config.vision_tower not in VISION_TOWERS:
+            raise ValueError(f"unknown vision tower {config.vision_tower!r}; known: {', '.join(VISION_TOWERS)}")
+        self.vision_tower = (base.vision_tower if config.vision_tower == DAVIT
+                             else PatchStem(config.florence.vision_config))
         self.projector = base.multi_modal_projector
         self.encoder = base.language_model.encoder
         if config.decoder_kind == DECODER_BART:

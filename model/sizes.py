@@ -9,6 +9,7 @@ from __future__ import annotations
 from transformers import Florence2Config, Gemma2Config
 
 from model.configuration import FlorenzConfig
+from model.toy_vision import DAVIT, PATCH_STEM
 
 GEMMA2_VOCAB = 256000
 FLORENCE2_VOCAB = 51289
@@ -49,6 +50,13 @@ def tiny_florence(encoder_vocab: int) -> Florence2Config:
     return _florence([16, 32, 32, 64], [1, 2, 2, 4], [1, 1, 1, 1], 64, 2, 4, 128, vocab=encoder_vocab)
 
 
+def _toy(d_model: int, layers: int, heads: int, ffn: int):
+    """A toy-world size: Florence-2-shaped encoder and decoder trained from scratch, whose vision tower
+    is the patch stem (model/toy_vision.py), so its DaViT dims only set the stem's widths."""
+    return lambda enc, dec: (_florence([d_model] * 4, [1] * 4, [1] * 4, d_model, layers, heads, ffn, vocab=enc), None)
+
+
+_TOY_SIZES = {"toy-s": _toy(48, 1, 2, 96), "toy-m": _toy(96, 2, 4, 192), "toy-l": _toy(160, 3, 4, 320)}
 _BUILDERS = {  # size -> (encoder vocab, decoder vocab) -> (Florence-2 config, Gemma-2 config or None)
     "florenz-0.4b": lambda enc, dec: (florence2_base(), None),
     "florenz-1.0b": lambda enc, dec: (florence2_large(), None),
@@ -56,6 +64,7 @@ _BUILDERS = {  # size -> (encoder vocab, decoder vocab) -> (Florence-2 config, G
     "florenz-11.2b": lambda enc, dec: (florence2_large(), gemma2(3584, 42, 16, 8, 14336, vocab=dec)),
     "tiny": lambda enc, dec: (tiny_florence(enc), None),
     "tiny-gemma": lambda enc, dec: (tiny_florence(enc), gemma2(64, 2, 2, 1, 128, head_dim=32, vocab=dec)),
+    **_TOY_SIZES,
 }
 SIZES = tuple(_BUILDERS)  # what a training config's model.size may name
 
@@ -66,7 +75,8 @@ def florenz_config(size: str, decoder_vocab_size: int = GEMMA2_VOCAB, encoder_vo
     if size not in _BUILDERS:
         raise ValueError(f"unknown Florenz size {size!r}; known: {', '.join(SIZES)}")
     florence, gemma = _BUILDERS[size](encoder_vocab_size, decoder_vocab_size)
-    return FlorenzConfig(florence=florence, gemma=gemma, decoder_vocab_size=decoder_vocab_size, size=size)
+    return FlorenzConfig(florence=florence, gemma=gemma, decoder_vocab_size=decoder_vocab_size, size=size,
+                         vision_tower=PATCH_STEM if size in _TOY_SIZES else DAVIT)
 
 
 def decoder_kind(size: str) -> str:

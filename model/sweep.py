@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from model.scaling import forward_macs, paper_compute
 from model.train_config import load_train_config
@@ -43,6 +43,8 @@ class SweepConfig(BaseModel):
     # model.size of each arm, or size -> dotted overrides for that size (batch split, lr per size)
     sizes: Union[list[str], dict[str, dict[str, Any]]] = Field(min_length=1)
     steps: list[PositiveInt] = Field(min_length=1)  # step budgets: one cosine schedule each
+    # run.seed of each repeat (one run per seed); unset: one run with the base config's seed
+    seeds: Optional[list[NonNegativeInt]] = Field(default=None, min_length=1)
     # split name -> a built pipeline output folder (data.output), or dotted overrides of the training config
     splits: dict[str, Union[ConfigPath, dict[str, Any]]] = Field(default_factory=lambda: {"base": {}}, min_length=1)
     overrides: dict[str, Any] = Field(default_factory=dict)  # dotted fields for every run
@@ -56,10 +58,11 @@ class Run:
     size: str
     steps: int
     folder: Path
+    seed: Optional[int] = None  # None: the base config's
 
     @property
     def name(self) -> str:
-        return f"{self.split}/{self.size}/s{self.steps}"
+        return f"{self.split}/{self.size}/s{self.steps}" + ("" if self.seed is None else f"/seed{self.seed}")
 
     @property
     def config(self) -> Path:
@@ -84,7 +87,7 @@ def _set(raw: dict, dotted: str, value: Any, field: str) -> None:
 
 def run_configs(config: SweepConfig) -> list[tuple[Run, dict]]:
     """Every run of the grid with its training config (raw, absolute paths), in launch order: splits,
-    then sizes, then budgets from short to long."""
+    then sizes, then budgets from short to long, then seeds."""
     with open(config.train, encoding="utf-8") as f:
         base_raw = yaml.safe_load(f)
     base_dir = os.path.dirname(config.train)
@@ -95,10 +98,12 @@ def run_configs(config: SweepConfig) -> list[tuple[Run, dict]]:
     if init not in (None, "random", "pretrained"):  # a Florenz checkpoint folder
         base_raw["model"]["init"] = resolve_against(init, base_dir)
     sizes = config.sizes if isinstance(config.sizes, dict) else {size: {} for size in config.sizes}
+    if config.seeds is not None and "run.seed" in config.overrides:
+        raise ConfigError("sweep.overrides.run.seed", "is set by sweep.seeds; remove one of them")
     runs = []
     for split, setting in config.splits.items():
         for size, size_overrides in sizes.items():
-            for steps in sorted(config.steps):
+            for steps, seed in ((steps, seed) for steps in sorted(config.steps) for seed in config.seeds or [None]):
                 raw = json.loads(json.dumps(base_raw))  # a deep copy
                 for dotted, value in config.overrides.items():
                     _set(raw, dotted, value, f"sweep.overrides.{dotted}")
@@ -109,10 +114,13 @@ def run_configs(config: SweepConfig) -> list[tuple[Run, dict]]:
                         _set(raw, dotted, value, f"sweep.splits.{split}.{dotted}")
                 for dotted, value in size_overrides.items():
                     _set(raw, dotted, value, f"sweep.sizes.{size}.{dotted}")
-                run = Run(split, size, steps, Path(config.out) / "runs" / split / size / f"s{steps}")
+                folder = Path(config.out) / "runs" / split / size / f"s{steps}"
+                run = Run(split, size, steps, folder if seed is None else folder / f"seed{seed}", seed)
                 raw.setdefault("model", {})["size"] = size
                 raw.setdefault("optim", {})["steps"] = steps
                 raw.setdefault("run", {})["out"] = str(run.folder)
+                if seed is not None:
+                    raw["run"]["seed"] = seed
                 runs.append((run, raw))
     return runs
 
@@ -157,7 +165,8 @@ def result_row(run: Run, macs_cache: dict[str, float], macs_device: str) -> dict
     macs = macs_cache[key]
     losses = {k: v for k, v in row.items() if k.startswith("loss/")}
     return {"run": run.name, "split": run.split, "size": run.size, "output": train.data.output,
-            "params": row["params"], "trainable_params": row["trainable_params"], "steps": run.steps,
+            "seed": train.run.seed, "params": row["params"], "trainable_params": row["trainable_params"],
+            "steps": run.steps,
             "step": row["step"], "seen": row["seen"], "forward_macs": macs,
             "C": paper_compute(row["seen"], macs, row["params"], row["trainable_params"]), **losses}
 

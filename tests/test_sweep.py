@@ -135,6 +135,23 @@ def test_splits_are_outputs_or_overrides_and_the_sweeps_own_fields_are_protected
         sweep(load_sweep_config(str(sweep_config(tmp_path, base, steps=[1]))), dry_run=True)
 
 
+def test_seeds_repeat_every_cell_in_folders_of_their_own(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"data": {"output": "out"}, "model": {"size": "tiny"},
+                                    "optim": {"warmup_steps": 1}, "run": {"out": "unused", "seed": 7}}))
+    cells = {run.name: (run, raw) for run, raw in run_configs(load_sweep_config(str(
+        sweep_config(tmp_path, base, seeds=[0, 1]))))}
+    assert len(cells) == 2 * 2 * 2
+    run, raw = cells["base/tiny-gemma/s3/seed1"]
+    assert (run.seed, raw["run"]["seed"]) == (1, 1)
+    assert raw["run"]["out"] == str(tmp_path / "sweep/runs/base/tiny-gemma/s3/seed1")
+    unseeded = {run.name: raw for run, raw in run_configs(load_sweep_config(str(sweep_config(tmp_path, base))))}
+    assert unseeded["base/tiny/s2"]["run"]["seed"] == 7  # without seeds: the base config's, folders as before
+    with pytest.raises(ConfigError) as refused:
+        run_configs(load_sweep_config(str(sweep_config(tmp_path, base, seeds=[0], overrides={"run.seed": 3}))))
+    assert refused.value.field == "sweep.overrides.run.seed"
+
+
 def test_the_paper_sweep_is_the_papers_grid(tmp_path, capsys):
     paper = load_sweep_config(str(Path(__file__).parent.parent / "configs" / "sweep-paper.yaml"))
     config = paper.model_copy(update={"out": str(tmp_path)})

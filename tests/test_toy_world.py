@@ -116,3 +116,24 @@ def test_the_toy_world_goes_through_import_and_build_with_the_held_out_captions_
     scene = scene_of_key(sample["source_id"])
     references = {a["lang"]: a["target"] for a in sample["annotations"] if a["task"] == "caption"}
     assert references == {lang: caption(scene, lang) for lang in LANGUAGES}  # exact, from the store
+
+
+def test_the_toy_sizes_use_the_patch_stem_with_davits_output_layout(tmp_path):
+    import torch
+
+    from model.modeling import FlorenzModel
+    from model.sizes import florenz_config
+
+    images, prompt = torch.randn(2, 3, 64, 64), torch.ones(2, 5, dtype=torch.long)
+    davit = FlorenzModel(florenz_config("tiny", 300, 300))
+    for size in ("toy-s", "toy-m", "toy-l"):
+        model = FlorenzModel(florenz_config(size, 300, 300))
+        assert model.config.vision_tower == "patch_stem" and davit.config.vision_tower == "davit"
+        stem = model.vision_tower(images).last_hidden_state
+        assert stem.shape == (2, model.config.florence.vision_config.embed_dim[-1], 2, 2)  # (B, C, H/32, W/32)
+        states, _ = model.encode(images, prompt, torch.ones_like(prompt))
+        assert states.shape[1] == FlorenzModel.image_tokens(64) + 5 == davit.encode(images, prompt, torch.ones_like(prompt))[0].shape[1]
+    model.save_pretrained(tmp_path / "toy")
+    loaded = FlorenzModel.from_pretrained(tmp_path / "toy")
+    assert loaded.config.vision_tower == "patch_stem"
+    assert torch.equal(loaded.vision_tower.merge.weight, model.vision_tower.merge.weight)

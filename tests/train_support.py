@@ -25,31 +25,10 @@ def corpus_texts() -> list[str]:
 
 
 def train_tokenizers(root: Path) -> tuple[Path, Path]:
-    """(encoder tokenizer folder, decoder tokenizer folder), saved as transformers fast tokenizers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """(encoder tokenizer folder, decoder tokenizer folder), trained on the COCO sample's texts."""
+    from model.local_tokenizers import train_tokenizers as train
 
-    texts = corpus_texts()
-    encoder_dir, decoder_dir = root / "encoder-tokenizer", root / "decoder-tokenizer"
-    if not encoder_dir.exists():
-        bart = Tokenizer(models.BPE())
-        bart.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bart.decoder = decoders.ByteLevel()
-        bart.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1200, special_tokens=[
-            "<s>", "<pad>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        bart.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[
-            ("<s>", 0), ("</s>", 2)])
-        PreTrainedTokenizerFast(tokenizer_object=bart, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                unk_token="<unk>").save_pretrained(encoder_dir)
-    if not decoder_dir.exists():
-        gemma = Tokenizer(models.BPE(unk_token="<unk>"))
-        gemma.pre_tokenizer = pre_tokenizers.Metaspace()
-        gemma.decoder = decoders.Metaspace()
-        gemma.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1500, special_tokens=[
-            "<pad>", "<eos>", "<bos>", "<unk>"]))
-        PreTrainedTokenizerFast(tokenizer_object=gemma, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                unk_token="<unk>").save_pretrained(decoder_dir)
-    return encoder_dir, decoder_dir
+    return train(corpus_texts(), root)
 
 
 def build_translated_output(tmp: Path, plan: dict | None = None) -> Path:
