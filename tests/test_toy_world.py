@@ -137,3 +137,36 @@ def test_the_toy_sizes_use_the_patch_stem_with_davits_output_layout(tmp_path):
     loaded = FlorenzModel.from_pretrained(tmp_path / "toy")
     assert loaded.config.vision_tower == "patch_stem"
     assert torch.equal(loaded.vision_tower.merge.weight, model.vision_tower.merge.weight)
+
+
+def test_the_language_of_a_caption_is_read_from_the_grammars_vocabulary():
+    from transforms.toy_grammar import language_of
+
+    scene = sample_scene(2, 11)
+    assert [language_of(caption(scene, lang)) for lang in LANGUAGES] == list(LANGUAGES)
+    assert language_of("Das Bild zeigt etwas ganz anderes.") is None  # German, but not the world's German
+    assert language_of("Ein kleiner roter Kreis links von a small square.") == "de"  # most words decide
+    assert language_of("") is None
+
+
+def test_the_study_runs_end_to_end_and_a_language_without_data_is_never_answered(tmp_path):
+    """The CI-sized study: 2 arms x 1 size x 1 budget x 1 seed through toy-world, import-translations,
+    build + verify, florenz-sweep and the toy metrics. Asserted only what is certain at 30 steps: with
+    no Russian data at all, no caption asked in Russian comes out in Russian."""
+    out = tmp_path / "study"
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "toy_emergence.py"), "--out", str(out),
+                           "--scenes", "600", "--held-out", "ru", "--arms", "other_image,no_translation",
+                           "--sizes", "toy-s", "--steps", "30", "--seeds", "0", "--eval-images", "16",
+                           "--eval-fraction", "0.1"], capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = json.loads((out / "study.json").read_text())
+    rows = {row["split"]: row for row in study["rows"]}
+    assert set(rows) == {"other_image", "no_translation"}
+    assert rows["no_translation"]["target_language_share/ru"] == 0.0
+    assert rows["other_image"]["seed"] == 0 and rows["other_image"]["steps"] == 30
+    for row in rows.values():  # every metric measured, per language
+        for name in ("loss", "grounding_gap", "chrf", "attribute_accuracy"):
+            assert all(isinstance(row[f"{name}/{lang}"], float) for lang in ("en", "de", "ru"))
+    assert (out / "study.md").read_text().count("| toy-s | 30 |") == 2
+    assert (out / "study.png").stat().st_size > 0
+    assert set(json.loads((out / "fits.json").read_text())) == {"other_image", "no_translation"}

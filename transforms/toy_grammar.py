@@ -228,3 +228,34 @@ def attribute_accuracy(text: str, lang: str, scene: Scene) -> float:
         checks += [(said.get("second") or {}).get(k) == truth["second"][k] for k in ("shape", "colour", "size")]
         checks.append(said.get("relation") == truth["relation"])
     return sum(checks) / len(checks)
+
+
+_VOCABULARY: dict[str, frozenset[str]] = {}
+
+
+def _vocabulary(lang: str) -> frozenset[str]:
+    """Every word the grammar writes in `lang` (lower case)."""
+    if lang not in _VOCABULARY:
+        from transforms.toy_scenes import every_scene
+
+        _VOCABULARY[lang] = frozenset(word for scene in every_scene() for word in _words(caption(scene, lang), lang))
+    return _VOCABULARY[lang]
+
+
+def _cjk_share(text: str) -> float:
+    letters = [c for c in text if c.isalpha()]
+    return sum("\u4e00" <= c <= "\u9fff" for c in letters) / len(letters) if letters else 0.0
+
+
+def language_of(text: str) -> Optional[str]:
+    """The toy language a text is written in: zh when most of its letters are CJK, else the language
+    whose vocabulary holds most of its words (at least half of them); None when none does. Exact for
+    the grammar's own sentences, and what the study uses to tell which language a model answered in."""
+    if _cjk_share(text) > 0.5:
+        return "zh"
+    words = _words(text, "en")
+    if not words:
+        return None
+    shares = {lang: sum(w in _vocabulary(lang) for w in words) / len(words) for lang in LANGUAGES if lang != "zh"}
+    best = max(shares, key=lambda lang: (shares[lang], -LANGUAGES.index(lang)))
+    return best if shares[best] >= 0.5 else None
