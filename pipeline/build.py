@@ -3,6 +3,8 @@
     build:     sources -> validation (+ staging) -> store lookup -> coverage (dedup, rank) -> shards + metadata
     run:       the same, with the store's misses translated by vLLM on the way
     translate: sources -> validation -> store lookup -> vLLM -> store (no shards)
+    recaption: sources -> validation -> distinct images -> description store lookup -> VLM -> description store
+               (`run` does this too when the config has a recaption section)
 
 Only two groupings carry whole samples (the coverage step's buckets and the shards), and never image
 bytes: the local runners hold every grouping in memory, so their per-sample size is what memory grows
@@ -16,8 +18,9 @@ from typing import Optional
 import apache_beam as beam
 
 from pipeline.dataflow_checks import check_dataflow_translation
-from schemas.config import RunConfig, TranslatorConfig
+from schemas.config import RecaptionConfig, RunConfig, TranslatorConfig
 from schemas.errors import ConfigError
+from schemas.layout import RECAPTION_STATS
 from schemas.records import Rejection, SourceRecord
 from transforms.counting import sum_pairs
 from transforms.coverage import AssignCoverage
@@ -92,6 +95,9 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     the missing texts are listed in OUTPUT/missing_translations/ instead. With `allow_missing`
     the annotations are left out and counted (stats.json: missing_translation)."""
     inputs = read_inputs(p, config, run_staging(config.output, run_id))
+    recaption = None  # `run` describes the images too when the config has a recaption section
+    if translate and config.recaption is not None:
+        recaption = _recaption(inputs.images, config, run_id, remove_run=False)
     translated = _translate(inputs, config, require_translator(config, "run") if translate else None)
     gate = {} if allow_missing else {
         "missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output, run_id)}
@@ -104,7 +110,30 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     rejections = ((inputs.rejections, planned["duplicates"], written[WRITE_REJECTED])
                   | "WithDuplicates" >> beam.Flatten())
     return ((shards, inputs.read_counts, rejections, translated["summary"])
-            | "Finalize" >> WriteRunMetadata(config, run_id, gate))
+            | "Finalize" >> WriteRunMetadata(config, run_id, gate, recaption))
+
+
+def require_recaption(config: RunConfig) -> RecaptionConfig:
+    """The config's recaption section, or a ConfigError naming it."""
+    if config.recaption is None:
+        raise ConfigError("recaption", "`recaption` sends images to a vision-language model served by vLLM and the "
+                                       "config has no recaption section (recaption.store with recaption.endpoints "
+                                       "or recaption.managed)")
+    return config.recaption
+
+
+def _recaption(images: beam.PCollection, config: RunConfig, run_id: str, remove_run: bool) -> beam.PCollection:
+    """Describe the images the store lacks; writes recaption_stats.json; returns the summary."""
+    from transforms.recaption import Recaption  # the HTTP client: only graphs that recaption need it
+
+    summary = (images | "Recaption" >> Recaption(require_recaption(config)))["summary"]
+    return summary | "WriteRecaptionStats" >> beam.ParDo(
+        WriteTranslationStats(config.output, run_id, RECAPTION_STATS, remove_run))
+
+
+def recaption_store(p: beam.Pipeline, config: RunConfig, run_id: str) -> beam.PCollection:
+    """Fill the description store for every distinct image the sources hold; returns the summary."""
+    return _recaption(read_inputs(p, config).images, config, run_id, remove_run=True)
 
 
 def translate_store(p: beam.Pipeline, config: RunConfig, run_id: str) -> beam.PCollection:

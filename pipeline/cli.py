@@ -4,6 +4,8 @@
     florenz-data translate CONFIG [beam options]   fill the store only (vLLM translator); a finished build
                                                    in the output stays complete
     florenz-data run CONFIG [beam options]         translate the store's misses and build, in one pipeline
+                                                   (and describe the images first, with a recaption section)
+    florenz-data recaption CONFIG [beam options]   fill the description store only (a VLM served by vLLM)
     florenz-data verify OUTPUT [fs options]        re-read an output and check every invariant
     florenz-data report OUTPUT [--diff OTHER] [fs options]   coverage heatmap + tables, what an ablation changed
     florenz-data compact-store STORE [--fingerprint FP] [beam options]   merge small store parts, migrate old stores
@@ -152,6 +154,10 @@ def _build(args: argparse.Namespace, rest: list[str]) -> int:
     print_build_summary(stats)
     if report_failures(stats.get("translation", {}), args.command, "annotations needing them were left out"):
         return 1
+    recaption = stats.get("recaption")  # `run` with a recaption section
+    if recaption is not None and (report_failures(recaption, args.command, model="the VLM", sent="requested",
+                                                  items="images") or not recaption["balanced"]):
+        return 1
     return 0 if stats["images"]["balanced"] and stats["captions"]["balanced"] else 1
 
 
@@ -167,6 +173,22 @@ def _translate(args: argparse.Namespace, rest: list[str]) -> int:
     summary = json.loads(_read_text(join(config.output, TRANSLATION_STATS)))
     print(json.dumps(summary, indent=2))
     return 1 if report_failures(summary, args.command) else 0
+
+
+def _recaption(args: argparse.Namespace, rest: list[str]) -> int:
+    from pipeline.build import recaption_store, require_recaption
+    from pipeline.summary import report_failures
+    from schemas.layout import RECAPTION_STATS
+    from transforms.atomic import join
+
+    require_recaption(_load(args))  # refused before the output is touched
+    config = _pipeline(args, rest, recaption_store)
+    if config is None:  # a dry run
+        return 0
+    summary = json.loads(_read_text(join(config.output, RECAPTION_STATS)))
+    print(json.dumps(summary, indent=2))
+    failed = report_failures(summary, args.command, model="the VLM", sent="requested", items="images")
+    return 1 if failed or not summary["balanced"] else 0
 
 
 def _verify(args: argparse.Namespace, rest: list[str]) -> int:
@@ -309,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("--retry-rejected", action="store_true",
                                  help="translate again what the store holds as rejected")
         command.set_defaults(run=run)
+    recaption = sub.add_parser("recaption", help="describe each distinct image with a VLM into the description "
+                                                 "store (the config's recaption section); writes no shards")
+    recaption.add_argument("config")
+    recaption.add_argument("--dry-run", action="store_true",
+                           help="construct the pipeline for the chosen runner and check its options; submit nothing")
+    recaption.set_defaults(run=_recaption)
     verify = sub.add_parser("verify", help="check an output folder's invariants")
     verify.add_argument("output")
     verify.add_argument("--decode", action="store_true", help="also decode every image")

@@ -37,6 +37,8 @@ def output_run(config: RunConfig, command: str, writes_store: bool) -> Iterator[
     with OutputLease(config.output, command) as lease:
         if writes_store:
             probe_writable(config.store.path, "store.path", lease.run_id)
+        if config.recaption is not None and command in ("recaption", "run"):
+            probe_writable(config.recaption.store, "recaption.store", lease.run_id)
         if command in SHARD_COMMANDS:
             clear_run_markers(config.output)
         yield lease.run_id

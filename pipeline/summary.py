@@ -34,14 +34,15 @@ def _failure_lines(failed: dict, examples: dict) -> list[str]:
     return lines
 
 
-def report_failures(summary: dict, command: str, consequence: str = "") -> bool:
-    """Print the translation requests that failed, with their causes, to stderr; whether there were any."""
+def report_failures(summary: dict, command: str, consequence: str = "", model: str = "the translator",
+                    sent: str = "translated", items: str = "texts") -> bool:
+    """Print the requests that failed (translations; the recaption stage's: `model`, `sent`, `items`),
+    with their causes, to stderr; whether there were any."""
     failed = {k: v for k, v in summary.items() if k.startswith("failed_") and isinstance(v, int) and v}
     if not failed:
         return False
     total = sum(failed.values())
-    print(f"the translator failed on {total} of the {summary.get('translated', total)} texts it was sent:",
-          file=sys.stderr)
+    print(f"{model} failed on {total} of the {summary.get(sent, total)} {items} it was sent:", file=sys.stderr)
     for line in _failure_lines(failed, summary.get(FAILURE_EXAMPLES, {})):
         print(line, file=sys.stderr)
     print(f"They are not stored{'; ' + consequence if consequence else ''}; once the cause is fixed, "

@@ -12,7 +12,7 @@ import json
 import os
 import posixpath
 import re
-from typing import Annotated, Any, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr, ValidationInfo, model_validator
@@ -23,6 +23,8 @@ from schemas.contract import (Bool, NonNegativeInt, Path, PositiveFloat, Positiv
 from schemas.coverage import CoveragePlan
 from schemas.errors import ConfigError
 from schemas.prompts import RequestTemplate
+from schemas.recaption_prompts import (DEFAULT_ANSWER_PREFIX, DEFAULT_MODEL, DEFAULT_PROMPT,
+                                        DescriptionTemplate)
 from schemas.secrets import api_key_flag_in, has_url_userinfo, redact, redact_args, valid_env_name
 
 SourceName = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$"),
@@ -174,8 +176,9 @@ Endpoint = Annotated[str, Field(strict=True), described("a URL like http://host:
 
 
 @config_model
-class TranslatorConfig:
-    """The LLM translator: a model served by vLLM, either at `endpoints` the user runs or `managed`."""
+class ServedModel:
+    """A model served by vLLM, either at `endpoints` the user runs or `managed` (started on each
+    worker): what the translator and the recaption VLM share (transforms/dispatcher.py serves both)."""
 
     model: Annotated[Text, AfterValidator(_local_model)]
     endpoints: tuple[Endpoint, ...] = ()
@@ -188,15 +191,15 @@ class TranslatorConfig:
     max_in_flight: Optional[PositiveInt] = None
     request_timeout_s: PositiveFloat = 120.0
     max_attempts: PositiveInt = 4  # per request, for HTTP errors and timeouts
-    max_tokens_cap: PositiveInt = 512
-    retry_rejected: Bool = False  # re-translate texts the store holds as rejected
     # The NAME of the environment variable holding the API key (OpenAI convention), never the key:
     # the client sends it, a managed server is started with it. None: no key ("EMPTY").
     api_key_env: Optional[Annotated[str, Field(strict=True), AfterValidator(_env_name)]] = None
-    # A Beam resource hint on the translate step alone when a `managed` server runs there, e.g.
+    # A Beam resource hint on the step that asks the model alone when a `managed` server runs there, e.g.
     # "type:nvidia-l4;count:1;machine_type:g2-standard-8;install-nvidia-driver": on Dataflow only that
     # step runs on GPU workers (right fitting).
     accelerator: Optional[Annotated[str, Field(strict=True), AfterValidator(_accelerator)]] = None
+
+    SECTION: ClassVar[str] = "served model"  # the config section, in messages
 
     @model_validator(mode="before")
     @classmethod
@@ -209,19 +212,66 @@ class TranslatorConfig:
         return {**{k: v for k, v in raw.items() if k != "concurrency"}, "max_in_flight": raw["concurrency"]}
 
     @model_validator(mode="after")
-    def _one_server(self) -> "TranslatorConfig":
+    def _one_server(self) -> "ServedModel":
         if bool(self.endpoints) == (self.managed is not None):
             raise ConfigError("endpoints", "give exactly one of endpoints (servers you run) and managed")
         if self.managed is not None and not self.managed.share_across_processes and _gpu_count(self.accelerator) == 1:
             raise ConfigError("managed.share_across_processes",
-                              "is false, which starts one vLLM server per SDK process, but translator.accelerator "
+                              f"is false, which starts one vLLM server per SDK process, but {self.SECTION}.accelerator "
                               "gives each worker one GPU: every process would load the model onto it; set it to true")
         return self
+
+
+@config_model
+class TranslatorConfig(ServedModel):
+    """The LLM translator."""
+
+    max_tokens_cap: PositiveInt = 512
+    retry_rejected: Bool = False  # re-translate texts the store holds as rejected
+
+    SECTION: ClassVar[str] = "translator"
 
     @property
     def request(self) -> RequestTemplate:
         """What every request sends, and so the store fingerprint (schemas/prompts.py)."""
         return RequestTemplate(model=self.model, max_tokens_cap=self.max_tokens_cap)
+
+
+@config_model
+class DescriptionChecks:
+    """Bounds of the checks on a VLM description (transforms/description_checks.py)."""
+
+    min_words: PositiveInt = 5
+    max_chars: PositiveInt = 2000
+    max_compression_ratio: PositiveFloat = 2.6  # zlib: a repetition loop compresses far better than prose
+    max_consecutive_repeats: PositiveInt = 3  # the same word n-gram this many times in a row
+
+
+@config_model
+class RecaptionConfig(ServedModel):
+    """The recaption stage: a VLM writes a detailed English description of each distinct image into
+    the description store (`store`), once per request fingerprint. Defaults: the paper's fine-tuning
+    set (schemas/recaption_prompts.py); a prompt holding {caption} gets the source's first caption."""
+
+    model: Annotated[Text, AfterValidator(_local_model)] = DEFAULT_MODEL
+    store: Optional[Path] = None  # the description store; required (checked by RunConfig)
+    batch_size: PositiveInt = 16  # images per batch, and per store part
+    prompt: Text = DEFAULT_PROMPT
+    answer_prefix: str = DEFAULT_ANSWER_PREFIX  # "" sends no assistant turn to continue
+    max_tokens: PositiveInt = 64
+    temperature: Annotated[float, Field(strict=True, ge=0), described("a non-negative number")] = 0.0
+    image_max_side: PositiveInt = 768  # resized to fit (never enlarged), sent as a JPEG data URL
+    jpeg_quality: Annotated[int, Field(strict=True, ge=1, le=95), described("an integer from 1 to 95")] = 90
+    checks: DescriptionChecks = DescriptionChecks()
+
+    SECTION: ClassVar[str] = "recaption"
+
+    @property
+    def request(self) -> DescriptionTemplate:
+        """What every request sends, and so the description store's fingerprint."""
+        return DescriptionTemplate(model=self.model, prompt=self.prompt, answer_prefix=self.answer_prefix,
+                                   max_tokens=self.max_tokens, temperature=self.temperature,
+                                   image_max_side=self.image_max_side, jpeg_quality=self.jpeg_quality)
 
 
 Source = Annotated[SourceSpec, Field(discriminator="type")]
@@ -236,6 +286,8 @@ class RunConfig:
     validation: ValidationRules = ValidationRules()
     translator: Optional[TranslatorConfig] = None
     bitext: Optional[BitextConfig] = None  # parallel sentences matched to the images (schemas/bitext.py)
+    # present: `recaption` describes the sources' images, and `run` does too before it builds
+    recaption: Optional[RecaptionConfig] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
@@ -252,7 +304,11 @@ class RunConfig:
                                                        f"fingerprint {fingerprint!r}; drop it or fix the translator")
             # Derived, never stated twice: the frozen instance is completed during its own validation.
             object.__setattr__(self, "store", StoreConfig(self.store.path, fingerprint))
+        if self.recaption is not None and self.recaption.store is None:
+            raise ConfigError("recaption.store", "is required: the folder of the description store")
         _refuse_overlaps(self.output, self.sources, self.store)
+        if self.recaption is not None:
+            _refuse_overlaps(self.output, (), StoreConfig(self.recaption.store), "recaption.store")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,14 +320,9 @@ class RunConfig:
             "plan": self.plan.to_dict(),
             "validation": dataclasses.asdict(self.validation),
         }
-        if self.translator is not None:
-            translator = json.loads(json.dumps(dataclasses.asdict(self.translator)))
-            # Validation refuses secrets in the config; a config built in code is masked all the same.
-            translator["endpoints"] = [redact(e) for e in translator["endpoints"]]
-            if translator["managed"] is not None:
-                translator["managed"]["command"] = redact_args(translator["managed"]["command"])
-                translator["managed"]["args"] = redact_args(translator["managed"]["args"])
-            out["translator"] = translator
+        for name in ("translator", "recaption"):
+            if getattr(self, name) is not None:
+                out[name] = _served_dict(getattr(self, name))
         if self.bitext is not None:
             out["bitext"] = dataclasses.asdict(self.bitext)
         return out
@@ -280,6 +331,17 @@ class RunConfig:
     def from_dict(cls, raw: Mapping[str, Any], base_dir: str = ".") -> "RunConfig":
         """Validate a config mapping (from YAML); relative paths resolve against `base_dir`."""
         return validate_config(cls, raw, "", base_dir)
+
+
+def _served_dict(served: ServedModel) -> dict[str, Any]:
+    """A served model's section as written beside the shards. Validation refuses secrets in the config;
+    a config built in code is masked all the same."""
+    out = json.loads(json.dumps(dataclasses.asdict(served)))
+    out["endpoints"] = [redact(e) for e in out["endpoints"]]
+    if out["managed"] is not None:
+        out["managed"]["command"] = redact_args(out["managed"]["command"])
+        out["managed"]["args"] = redact_args(out["managed"]["args"])
+    return out
 
 
 def _static_root(path: str) -> str:
@@ -301,12 +363,13 @@ def _overlap(a: str, b: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
-def _refuse_overlaps(output: str, sources: tuple[SourceSpec, ...], store: StoreConfig) -> None:
+def _refuse_overlaps(output: str, sources: tuple[SourceSpec, ...], store: StoreConfig,
+                     store_field: str = "store.path") -> None:
     """An output must neither hold nor lie inside an input or the store: a build replaces what it
     finds in its output, so an input there could be taken for an earlier run's files."""
     inputs = [(f"sources[{i}].{f.name}", getattr(spec, f.name)) for i, spec in enumerate(sources)
               for f in dataclasses.fields(spec) if f.name in _PATH_FIELDS and getattr(spec, f.name)]
-    for field, path in [*inputs, ("store.path", store.path)]:
+    for field, path in [*inputs, (store_field, store.path)]:
         if _overlap(output, _static_root(path) if field.rsplit(".", 1)[-1] in _GLOB_FIELDS else path):
             raise ConfigError("output", f"{output} overlaps {field} ({path}): an output folder must not "
                                         "contain, or lie inside, an input or the store; choose another output")

@@ -10,6 +10,7 @@ write and the readers (verify, report, the loader, the tests) look for.
       missing_translations.json               their counts
       stats.json, config.yaml                 the build's counts, its resolved config
       translation_stats.json                  the last `translate`'s summary
+      recaption_stats.json                    the last `recaption`'s (or recaptioning `run`'s) summary
       _SUCCESS                                written last: the output is complete
       _lease.json, _runs/<run id>/            while a run holds the output (tmp/, staging/, intents/)
       report/                                 `florenz-data report`'s files
@@ -132,6 +133,7 @@ def index_entries(index: dict[str, Any]) -> list[IndexEntry]:
 STATS = "stats.json"
 CONFIG_COPY = "config.yaml"
 TRANSLATION_STATS = "translation_stats.json"
+RECAPTION_STATS = "recaption_stats.json"
 SUCCESS = "_SUCCESS"
 REJECTS_DIR = "rejects"
 MISSING_TEXTS = "missing_translations"  # the folder of parts

@@ -11,7 +11,7 @@ the time-weighted mean from the first one's start to the last one's end (GET /st
     python tests/fault_server.py --model NAME --port P --pairs pairs.jsonl
         [--fail-first N [--fail-status CODE]] [--hang-first N] [--die-after N] [--counter FILE] [--bodies FILE]
         [--bad-response garbage|empty_choices|content_not_text] [--answer-chars N] [--api-key KEY]
-        [--delay S] [--slow-health S] [--starts-file FILE]
+        [--delay S] [--slow-health S] [--starts-file FILE] [--replies FILE]
 """
 from __future__ import annotations
 
@@ -46,7 +46,11 @@ def main() -> None:
     parser.add_argument("--slow-health", type=float, default=0.0,
                         help="seconds /health takes once completions have started (a busy server)")
     parser.add_argument("--starts-file", default=None, help="append this process's id when it starts")
+    parser.add_argument("--replies", default=None,
+                        help="a JSON list of {content, finish_reason}: the n-th request gets reply n (cycling), "
+                             "whatever it asks (the recaption stage's bad answers)")
     args = parser.parse_args()
+    replies = json.load(open(args.replies, encoding="utf-8")) if args.replies else None
     if args.starts_file:
         with open(args.starts_file, "a") as f:
             f.write(f"{os.getpid()}\n")
@@ -152,6 +156,13 @@ def main() -> None:
                 self.end_headers()
                 self.wfile.write(data)
                 return
+            if replies:
+                reply = replies[(n - 1) % len(replies)]
+                return self._reply(200, {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": args.model,
+                                         "created": 0, "choices": [{"index": 0, "finish_reason": reply["finish_reason"],
+                                                                    "message": {"role": "assistant",
+                                                                                "content": reply["content"]}}],
+                                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
             content = request["messages"][-1]["content"]
             language = re.search(r"into (\w+)\.", content).group(1)
             english = content.split("\n\n", 1)[1]

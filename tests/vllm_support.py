@@ -61,12 +61,12 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def serve(model: Path, log: Path) -> Iterator[str]:
-    """Run `python -m vllm.entrypoints.openai.api_server` on the model; yields its /v1 URL."""
+def serve(model: Path, log: Path, args: list[str] = SERVER_ARGS) -> Iterator[str]:
+    """Run `python -m vllm.entrypoints.openai.api_server` on the model (with `args`); yields its /v1 URL."""
     port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                                 "--host", "127.0.0.1", "--port", str(port), *SERVER_ARGS],
+                                 "--host", "127.0.0.1", "--port", str(port), *args],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 600

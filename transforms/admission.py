@@ -14,11 +14,11 @@ import os
 import subprocess
 from typing import Mapping, Optional, Sequence
 
-from schemas.config import TranslatorConfig
+from schemas.config import ServedModel
 from schemas.errors import ConfigError
 
 # Endpoints: vLLM's --max-num-seqs default for its OpenAI server on GPUs under 70 GiB (the L4);
-# set translator.max_in_flight to the servers' own value.
+# set max_in_flight (translator, recaption) to the servers' own value.
 DEFAULT_ENDPOINT_IN_FLIGHT = 256
 
 
@@ -68,8 +68,8 @@ def max_num_seqs_in(args: Sequence[str]) -> Optional[int]:
     return None
 
 
-def in_flight_limit(config: TranslatorConfig) -> int:
-    """Requests one server may hold: translator.max_in_flight; else a managed server's --max-num-seqs
+def in_flight_limit(config: ServedModel) -> int:
+    """Requests one server may hold: max_in_flight of the section; else a managed server's --max-num-seqs
     (from its args, or vLLM's default on this machine); else DEFAULT_ENDPOINT_IN_FLIGHT."""
     if config.max_in_flight is not None:
         return config.max_in_flight
@@ -78,11 +78,11 @@ def in_flight_limit(config: TranslatorConfig) -> int:
     return DEFAULT_ENDPOINT_IN_FLIGHT
 
 
-def refuse_one_server_per_process_on_one_gpu(config: TranslatorConfig) -> None:
+def refuse_one_server_per_process_on_one_gpu(config: ServedModel) -> None:
     """share_across_processes: false starts a server in every SDK process; on a worker with one GPU
     they would all load the model onto it (Dataflow runs one SDK process per vCPU)."""
     if config.managed is not None and not config.managed.share_across_processes and visible_gpus() == 1:
-        raise ConfigError("translator.managed.share_across_processes",
+        raise ConfigError(f"{config.SECTION}.managed.share_across_processes",
                           "is false, which starts one vLLM server per SDK process, but this worker has one GPU "
                           "(CUDA_VISIBLE_DEVICES / nvidia-smi): every process would load the model onto it; set it "
                           "to true (one server per worker, shared by its processes)")

@@ -44,16 +44,17 @@ def _json_bytes(obj: object) -> bytes:
 
 
 class WriteTranslationStats(beam.DoFn):
-    """The translate command's summary (requested, cache hits, sent, accepted, rejected per reason)."""
+    """The translate command's summary (requested, cache hits, sent, accepted, rejected per reason), or
+    the recaption command's (`name`: RECAPTION_STATS); the run's folder goes once it is written."""
 
-    def __init__(self, output: str, run_id: str):
-        self.output, self.run_id = output, run_id
+    def __init__(self, output: str, run_id: str, name: str = TRANSLATION_STATS, remove_run: bool = True):
+        self.output, self.run_id, self.name, self.remove_run = output, run_id, name, remove_run
 
     def process(self, summary: dict) -> Iterator[dict]:
         check_lease(self.output, self.run_id)
-        write_bytes_atomic(join(self.output, TRANSLATION_STATS), _json_bytes(summary),
-                           run_tmp(self.output, self.run_id))
-        remove_run_dir(self.output, self.run_id)
+        write_bytes_atomic(join(self.output, self.name), _json_bytes(summary), run_tmp(self.output, self.run_id))
+        if self.remove_run:
+            remove_run_dir(self.output, self.run_id)
         yield summary
 
 
@@ -98,7 +99,7 @@ class _Finalize(beam.DoFn):
         self.config, self.run_id = config, run_id
 
     def process(self, _, shards: list[ShardResult], read: dict, rejects: list[tuple],
-                translation: dict, missing: int = 0) -> Iterator[dict]:
+                translation: dict, missing: int = 0, recaption: Optional[dict] = None) -> Iterator[dict]:
         if missing:
             return
         out, tmp = self.config.output, run_tmp(self.config.output, self.run_id)
@@ -114,6 +115,8 @@ class _Finalize(beam.DoFn):
             write_bytes_atomic(join(out, index_name(split)), _json_bytes(index), tmp)
         stats = compute_stats(self.config.plan, read, shards, rejects)
         stats["translation"] = translation
+        if recaption is not None:  # `run` with a recaption section: its summary, already in recaption_stats.json
+            stats["recaption"] = recaption
         write_bytes_atomic(join(out, STATS), _json_bytes(stats), tmp)
         config_text = yaml.safe_dump(self.config.to_dict(), sort_keys=True, allow_unicode=True)
         write_bytes_atomic(join(out, CONFIG_COPY), config_text.encode("utf-8"), tmp)
@@ -141,11 +144,15 @@ class WriteRunMetadata(beam.PTransform):
     """(shard results, read counts, rejections, translation summary) -> files beside the shards;
     yields stats."""
 
-    def __init__(self, config: RunConfig, run_id: str, gate: Optional[dict] = None):
-        """`gate`: {"missing": side input}, when the build must stop on missing translations."""
+    def __init__(self, config: RunConfig, run_id: str, gate: Optional[dict] = None,
+                 recaption: Optional[beam.PCollection] = None):
+        """`gate`: {"missing": side input}, when the build must stop on missing translations;
+        `recaption`: the recaption summary, once written (finalize waits for it: the run folder it
+        used goes with finalize)."""
         super().__init__()
         self.config, self.run_id = config, run_id
         self.gate = gate or {}
+        self.recaption = recaption
 
     def expand(self, inputs: tuple):
         shards, read_counts, rejections, translation = inputs
@@ -156,4 +163,6 @@ class WriteRunMetadata(beam.PTransform):
                                            shards=beam.pvalue.AsList(shards),
                                            read=beam.pvalue.AsDict(read_counts),
                                            rejects=beam.pvalue.AsList(reject_summary),
-                                           translation=beam.pvalue.AsSingleton(translation), **self.gate))
+                                           translation=beam.pvalue.AsSingleton(translation), **self.gate,
+                                           **({} if self.recaption is None else
+                                              {"recaption": beam.pvalue.AsSingleton(self.recaption)})))

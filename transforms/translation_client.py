@@ -1,5 +1,6 @@
 """One translation over vLLM's OpenAI-compatible API, on the dispatcher's event loop: a slot from
-admission, the chat request with retries, the output checks, one retry with a stricter prompt.
+admission, the chat request with retries, the output checks, one retry with a stricter prompt. The
+request machinery (ChatClient) also carries the recaption stage's requests (transforms/description_client.py).
 
 Differs from Beam's VLLMChatModelHandler where translation at scale needs it to:
 - one failed request does not fail its batch: each request retries HTTP errors and timeouts with
@@ -27,7 +28,7 @@ import openai
 import pydantic
 
 from schemas.arrow import STATUS_ACCEPTED, STATUS_REJECTED
-from schemas.config import TranslatorConfig
+from schemas.config import ServedModel, TranslatorConfig
 from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest
 from schemas.secrets import redact
 from transforms.admission import Admission
@@ -108,16 +109,17 @@ def _answer(response: Any) -> str:
     return content or ""
 
 
-class TranslationClient:
-    """Translates requests one by one on one event loop; its HTTP clients (one per base URL, with
-    their connection pools) live as long as it does, not one batch."""
+class ChatClient:
+    """Chat completions on one event loop, for any request kind (TranslationClient, the recaption
+    stage's DescriptionClient): admission slots, retries with backoff, failure reasons. Its HTTP
+    clients (one per base URL, with their connection pools) live as long as it does, not one batch.
+    A subclass's `answer(request)` returns (outcome, HTTP retries); the dispatcher calls it."""
 
-    def __init__(self, config: TranslatorConfig, backend: Backend, admission: Admission, api_key: Optional[str]):
+    def __init__(self, config: ServedModel, backend: Backend, admission: Admission, api_key: Optional[str]):
         self.config = config
         self.backend = backend
         self.admission = admission
         self._api_key = api_key
-        self._request = config.request  # the body sent is the one the store fingerprint hashes
         self._clients: dict[str, openai.AsyncOpenAI] = {}
 
     def _client(self, url: str) -> openai.AsyncOpenAI:
@@ -130,8 +132,9 @@ class TranslationClient:
         detail = _one_line(redact(_describe(error, self.config.request_timeout_s), [self._api_key]))
         return RequestFailed(reason, detail)
 
-    async def _complete(self, request: TranslationRequest, strict: bool, sent: list[int]) -> str:
-        """The model's answer, after up to max_attempts attempts; `sent` counts [requests, retries]."""
+    async def _complete(self, body: dict[str, Any], sent: list[int]) -> Any:
+        """The server's chat completion for `body`, after up to max_attempts attempts; `sent` counts
+        [requests, retries]."""
         error_reason, error_detail, failed_server = "no_attempt", "", None
         for attempt in range(self.config.max_attempts):
             if attempt:
@@ -141,9 +144,9 @@ class TranslationClient:
             try:
                 url = await asyncio.to_thread(self.backend.base_url, server)
                 sent[0] += 1
-                response = await self._client(url).chat.completions.create(
-                    **self._request.body(request.text, request.lang, strict))
-                return _answer(response)
+                response = await self._client(url).chat.completions.create(**body)
+                _answer(response)  # a 200 that is no chat completion fails here, with its reason
+                return response
             except Exception as error:  # sorted into retryable or final just below
                 retry, error_reason = _retryable(error)
                 if not retry:
@@ -154,16 +157,31 @@ class TranslationClient:
             await asyncio.to_thread(self.backend.recover, failed_server, url)
         raise RequestFailed(error_reason, error_detail)
 
-    async def translate(self, request: TranslationRequest) -> tuple[TranslationOutcome, int]:
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+
+class TranslationClient(ChatClient):
+    """Translates requests one by one: the checks, and one retry with a stricter prompt."""
+
+    def __init__(self, config: TranslatorConfig, backend: Backend, admission: Admission, api_key: Optional[str]):
+        super().__init__(config, backend, admission, api_key)
+        self._request = config.request  # the body sent is the one the store fingerprint hashes
+
+    async def _translation(self, request: TranslationRequest, strict: bool, sent: list[int]) -> str:
+        return _answer(await self._complete(self._request.body(request.text, request.lang, strict), sent))
+
+    async def answer(self, request: TranslationRequest) -> tuple[TranslationOutcome, int]:
         """The request's outcome, and how many of its HTTP requests were retries after an error."""
         sent = [0, 0]
         try:
-            output = await self._complete(request, False, sent)
+            output = await self._translation(request, False, sent)
             result = check_translation(request.text, output, request.lang)
             if result.text is not None:
                 return TranslationOutcome(request, STATUS_ACCEPTED, result.text, raw_output=output,
                                           requests_sent=sent[0]), sent[1]
-            output = await self._complete(request, True, sent)
+            output = await self._translation(request, True, sent)
             result = check_translation(request.text, output, request.lang)
         except RequestFailed as failed:  # raw_output: the cause, in one line (failures are never stored)
             return TranslationOutcome(request, STATUS_FAILED, reason=failed.reason, raw_output=failed.detail,
@@ -173,7 +191,3 @@ class TranslationClient:
                                       requests_sent=sent[0]), sent[1]
         return TranslationOutcome(request, STATUS_REJECTED, reason=result.reason, raw_output=output,
                                   strict_retry=True, requests_sent=sent[0]), sent[1]
-
-    async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()

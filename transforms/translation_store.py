@@ -72,20 +72,25 @@ def compacted_name(generation: str, k: int, n: int) -> str:
     return f"compacted-{generation}-{k:05d}-of-{n:05d}"
 
 
-def part_path(store: str, fingerprint: str, lang: str, name: str) -> str:
-    """STORE/fingerprint=<fp>/lang=<lang>/part-<name>.parquet. An appended part's name starts with two
-    hex digits: readers list appended parts by those two digits, so any other name would go unread."""
+def part_file(name: str) -> str:
+    """part-<name>.parquet. An appended part's name starts with two hex digits: readers list appended
+    parts by those two digits, so any other name would go unread (the description store's too)."""
     if not (_APPENDED_NAME.fullmatch(name) or COMPACTED_PART.fullmatch(f"part-{name}.parquet")):
         raise ValueError(f"store part name {name!r}: must match {_APPENDED_NAME.pattern} (two hex digits first)")
-    return join(partition_dir(store, fingerprint, lang), f"part-{name}.parquet")
+    return f"part-{name}.parquet"
 
 
-def parquet_bytes(rows: Iterable[Mapping[str, object]]) -> bytes:
-    """Rows of TRANSLATION_SCHEMA as one Parquet file, in a fixed order (so the same rows give the
-    same bytes)."""
-    ordered = sorted(rows, key=lambda r: tuple(str(r.get(f.name) or "") for f in TRANSLATION_SCHEMA))
+def part_path(store: str, fingerprint: str, lang: str, name: str) -> str:
+    """STORE/fingerprint=<fp>/lang=<lang>/part-<name>.parquet."""
+    return join(partition_dir(store, fingerprint, lang), part_file(name))
+
+
+def parquet_bytes(rows: Iterable[Mapping[str, object]], schema: pa.Schema = TRANSLATION_SCHEMA) -> bytes:
+    """Rows of `schema` (the translation store's, or the description store's) as one Parquet file, in
+    a fixed order (so the same rows give the same bytes)."""
+    ordered = sorted(rows, key=lambda r: tuple(str(r.get(f.name) or "") for f in schema))
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(ordered, schema=TRANSLATION_SCHEMA), buffer, compression="zstd")
+    pq.write_table(pa.Table.from_pylist(ordered, schema=schema), buffer, compression="zstd")
     return buffer.getvalue()
 
 
