@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union
 import yaml
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr, ValidationInfo, model_validator
 
-from schemas.bitext import BitextConfig
+from schemas.bitext import BitextConfig, check_bitext_plan
 from schemas.contract import (Bool, NonNegativeInt, Path, PositiveFloat, PositiveInt, Text, config_model,
                               described, resolve_path, validate_config)
 from schemas.coverage import CoveragePlan
@@ -253,6 +253,7 @@ class RunConfig:
             # Derived, never stated twice: the frozen instance is completed during its own validation.
             object.__setattr__(self, "store", StoreConfig(self.store.path, fingerprint))
         _refuse_overlaps(self.output, self.sources, self.store)
+        check_bitext_plan(self.plan, self.bitext)
         return self
 
     def to_dict(self) -> dict[str, Any]:
