@@ -6,6 +6,10 @@
     recaption: sources -> validation -> distinct images -> description store lookup -> VLM -> description store
                (`run` does this too when the config has a recaption section)
 
+With plan.translation_pairing `bitext`, the images' bytes validation read are also embedded and
+matched to the config's bitexts (transforms/bitext_pairs.py), and coverage takes the matches as a
+third input.
+
 Only two groupings carry whole samples (the coverage step's buckets and the shards), and never image
 bytes: the local runners hold every grouping in memory, so their per-sample size is what memory grows
 with.
@@ -22,6 +26,8 @@ from schemas.config import RecaptionConfig, RunConfig, TranslatorConfig
 from schemas.errors import ConfigError
 from schemas.layout import RECAPTION_STATS
 from schemas.records import Rejection, SourceRecord
+from transforms.atomic import join
+from transforms.bitext_pairs import PairBitexts
 from transforms.counting import sum_pairs
 from transforms.coverage import AssignCoverage
 from transforms.finalize import WriteRunMetadata, WriteTranslationStats
@@ -31,7 +37,7 @@ from transforms.run_folder import run_staging
 from transforms.shard_writer import WRITE_REJECTED, WriteShard
 from transforms.sources import ReadSource
 from transforms.translate import TranslateTexts
-from transforms.validate import REJECTED, ValidateRecord
+from transforms.validate import IMAGE_BYTES, REJECTED, ValidateRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,7 @@ class ValidatedInputs:
     images: beam.PCollection  # ValidImage; a key listed twice is still twice (coverage keeps one)
     read_counts: beam.PCollection  # (source, (images, captions))
     rejections: beam.PCollection  # Rejection
+    image_bytes: Optional[beam.PCollection] = None  # (sha256, bytes) per valid image, when bitexts are matched
 
 
 def _read_count(element: SourceRecord | Rejection) -> tuple[str, tuple[int, int]]:
@@ -48,10 +55,11 @@ def _read_count(element: SourceRecord | Rejection) -> tuple[str, tuple[int, int]
     return element.source, (1, len(element.captions))
 
 
-def read_inputs(p: beam.Pipeline, config: RunConfig, staging: Optional[str] = None) -> ValidatedInputs:
+def read_inputs(p: beam.Pipeline, config: RunConfig, staging: Optional[str] = None,
+                image_bytes: bool = False) -> ValidatedInputs:
     """Every source, validated; what was read and what was rejected. `staging`: where validation
     stages the images no byte range of their source holds, for the shard writer (transforms/staging.py);
-    only a graph that writes shards passes it."""
+    only a graph that writes shards passes it. `image_bytes`: also each valid image's bytes, as read."""
     read = [p | ReadSource(spec) for spec in config.sources]
     records = [r["records"] for r in read] | "AllRecords" >> beam.Flatten()
     source_rejects = [r["rejected"] for r in read] | "SourceRejects" >> beam.Flatten()
@@ -59,17 +67,23 @@ def read_inputs(p: beam.Pipeline, config: RunConfig, staging: Optional[str] = No
                    | "ReadElements" >> beam.Flatten()
                    | "CountRead" >> beam.Map(_read_count)
                    | "SumRead" >> MeasuredCombinePerKey(sum_pairs))
-    validated = records | "Validate" >> beam.ParDo(ValidateRecord(config.validation, staging)).with_outputs(
-        REJECTED, main="valid")
+    outputs = (REJECTED, IMAGE_BYTES) if image_bytes else (REJECTED,)
+    validated = records | "Validate" >> beam.ParDo(
+        ValidateRecord(config.validation, staging, image_bytes)).with_outputs(*outputs, main="valid")
     rejections = (source_rejects, validated[REJECTED]) | "AllRejections" >> beam.Flatten()
-    return ValidatedInputs(validated.valid, read_counts, rejections)
+    return ValidatedInputs(validated.valid, read_counts, rejections,
+                           validated[IMAGE_BYTES] if image_bytes else None)
 
 
 def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[TranslatorConfig]) -> dict:
     if translator is not None:
         check_dataflow_translation(inputs.images.pipeline, translator)
-    texts = inputs.images | "EnglishTexts" >> beam.FlatMap(lambda im: im.captions)
-    return texts | "Translations" >> TranslateTexts(config.store, translator, config.plan.translation_languages)
+    plan = config.plan
+    # Each caption with the languages its image's split needs from the translator (bitext-paired
+    # languages only where they are caption references or captions).
+    texts = inputs.images | "EnglishTexts" >> beam.FlatMap(
+        lambda im: [(c, plan.translator_languages(plan.split_of(im.key, im.sha256))) for c in im.captions])
+    return texts | "Translations" >> TranslateTexts(config.store, translator, plan.translation_languages)
 
 
 def require_translator(config: RunConfig, command: str) -> TranslatorConfig:
@@ -94,14 +108,20 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     translations as a side input (so runs after it is known) and writes nothing when it is not 0;
     the missing texts are listed in OUTPUT/missing_translations/ instead. With `allow_missing`
     the annotations are left out and counted (stats.json: missing_translation)."""
-    inputs = read_inputs(p, config, run_staging(config.output, run_id))
+    staging = run_staging(config.output, run_id)
+    pair_bitexts = bool(config.plan.bitext_languages)
+    inputs = read_inputs(p, config, staging, image_bytes=pair_bitexts)
     recaption = None  # `run` describes the images too when the config has a recaption section
     if translate and config.recaption is not None:
         recaption = _recaption(inputs.images, config, run_id, remove_run=False)
     translated = _translate(inputs, config, require_translator(config, "run") if translate else None)
     gate = {} if allow_missing else {
         "missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output, run_id)}
-    planned = (inputs.images, translated["translations"]) | "Coverage" >> AssignCoverage(config.plan)
+    coverage_inputs = (inputs.images, translated["translations"])
+    if pair_bitexts:
+        bitexts = inputs.image_bytes | "PairBitexts" >> PairBitexts(config.bitext, join(staging, "bitext"))
+        coverage_inputs += (bitexts["matches"],)
+    planned = coverage_inputs | "Coverage" >> AssignCoverage(config.plan)
     written = (planned["members"]
                | "GroupShards" >> MeasuredGroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id), **gate).with_outputs(

@@ -3,7 +3,9 @@
 Checks that leakage did not happen (no caption label in a held-out language in train, no eval key or
 eval image *content* in train, no image content in two samples, every sample in the split its plan
 assigns to its key and content, no translation in a language the plan pairs `other_image` whose
-English source is one of the sample's own captions, by the text hashes its JSON lists), that the
+English source is one of the sample's own captions, by the text hashes its JSON lists; a language
+paired `bitext` is not checked so, its sources being corpus sentences, but each of its translations
+must carry the similarity of a matched bitext), that the
 manifest, indexes and tars agree byte for byte, and that stats.json adds up (read = written +
 rejected) and matches the shards and rejects.
 
@@ -202,6 +204,7 @@ def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], p
     if [k for k, _ in samples] != [r["key"] for r in rows]:
         problems.append(f"{url}: sample keys differ from the manifest's rows for this shard")
     held_out, paired = set(plan.held_out_caption_languages), set(plan.other_image_languages)
+    bitext = set(plan.bitext_languages)
     for (key, members), row in zip(samples, rows):
         image = members.get(row["image_format"])
         if image is None or hashlib.sha256(image).hexdigest() != row["sha256"]:
@@ -229,6 +232,11 @@ def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], p
                 problems.append(f"{url}: {key}: caption label in held-out language(s) {leaked} in train")
         if paired:
             problems += [f"{url}: {key}: {p}" for p in _own_caption_translations(meta, annotations, paired)]
+        unmatched = sorted({a.lang for a in annotations if a.task == TASK_TRANSLATION and a.lang in bitext
+                            and a.similarity is None})
+        if unmatched:
+            problems.append(f"{url}: {key}: translation into {unmatched} (plan: bitext) has no similarity, so it "
+                            "is not a matched bitext")
     return problems
 
 

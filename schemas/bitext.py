@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field, model_validator
 
+from schemas.coverage import CoveragePlan
 from schemas.contract import Language, NonNegativeInt, Path, PositiveInt, Text, config_model, described
 from schemas.errors import ConfigError
 
@@ -87,3 +88,23 @@ class Bitext:
     def of(cls, en: str, translations: tuple[tuple[str, str], ...]) -> "Bitext":
         digest = hashlib.sha256(json.dumps([en, translations], ensure_ascii=False).encode("utf-8")).hexdigest()
         return cls(f"bt-{digest[:20]}", en, translations)
+
+
+def check_bitext_plan(plan: CoveragePlan, bitext: Optional[BitextConfig]) -> None:
+    """A plan that pairs a language by bitext needs a bitext section with a column for it, and a use
+    cap: the build joins each bitext with the images it serves in one group, which the cap bounds
+    (without it a hub bitext near every image would be one group as large as the input)."""
+    langs = plan.bitext_languages
+    if not langs:
+        return
+    if bitext is None:
+        raise ConfigError("bitext", f"plan.translation_pairing pairs {list(langs)} by bitext, and the config has "
+                                    "no bitext section (source, model) to match bitexts to the images")
+    outside = [lang for lang in langs if lang not in bitext.source.columns]
+    if outside:
+        raise ConfigError("bitext.source.columns", f"has no column for {outside[0]!r}, which "
+                                                   "plan.translation_pairing pairs by bitext")
+    if bitext.matching.use_cap is None:
+        raise ConfigError("bitext.matching.use_cap", "is required when plan.translation_pairing uses bitext: the "
+                                                     "build joins each bitext with the images it serves in one "
+                                                     "group, which the cap bounds")

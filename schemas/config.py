@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional, Union
 import yaml
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, StrictStr, ValidationInfo, model_validator
 
-from schemas.bitext import BitextConfig
+from schemas.bitext import BitextConfig, check_bitext_plan
 from schemas.contract import (Bool, NonNegativeInt, Path, PositiveFloat, PositiveInt, Text, config_model,
                               described, resolve_path, validate_config)
 from schemas.coverage import CoveragePlan
@@ -309,6 +309,7 @@ class RunConfig:
         _refuse_overlaps(self.output, self.sources, self.store)
         if self.recaption is not None:
             _refuse_overlaps(self.output, (), StoreConfig(self.recaption.store), "recaption.store")
+        check_bitext_plan(self.plan, self.bitext)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,7 +12,8 @@ worker process), and only a short one may be written inline.
 `translation_pairing` says, per translation language, whose caption an image's translation
 annotations translate: its own (`own_caption`), or another image's (`other_image`), so that a
 held-out language's translation targets are not the image's description (README, "Translation
-pairing").
+pairing"); or none: `bitext` gives the image the parallel sentences closest to it in an embedding
+space (the config's `bitext` section, transforms/bitext_pairs.py), which need no translator.
 """
 from __future__ import annotations
 
@@ -70,13 +71,11 @@ def _distinct(codes: tuple[str, ...]) -> tuple[str, ...]:
 
 Languages = Annotated[tuple[Language, ...], Field(min_length=1), AfterValidator(_distinct)]
 EvalFraction = Annotated[float, Field(strict=True, ge=0, lt=1), described("a number in [0, 1)")]
-OWN_CAPTION, OTHER_IMAGE = "own_caption", "other_image"
-PairingMode = Literal["own_caption", "other_image"]
-# 'bitext' (parallel sentences matched to images) comes with the data-recipe issue; until then the
-# message says so instead of only listing the modes there are.
+OWN_CAPTION, OTHER_IMAGE, BITEXT = "own_caption", "other_image", "bitext"
+PairingMode = Literal["own_caption", "other_image", "bitext"]
 TranslationPairing = Annotated[Union[PairingMode, dict[str, PairingMode]],
-                               described("own_caption or other_image, or a mapping from translation language to "
-                                         "one of them ('bitext' is not available yet)")]
+                               described("own_caption, other_image or bitext, or a mapping from translation "
+                                         "language to one of them")]
 SampleKeys = Annotated[frozenset[Annotated[str, Field(strict=True, min_length=1)]],
                        described("a list of sample keys (strings)")]
 
@@ -151,6 +150,20 @@ class CoveragePlan:
         return tuple(l for l in self.translation_languages if self.pairing_of(l) == OTHER_IMAGE)
 
     @property
+    def bitext_languages(self) -> tuple[str, ...]:
+        """Translation languages whose annotations are bitexts matched to the image (no translator)."""
+        return tuple(l for l in self.translation_languages if self.pairing_of(l) == BITEXT)
+
+    def translator_languages(self, split: str) -> tuple[str, ...]:
+        """The languages an image of `split` needs its own captions translated into: all of them for
+        eval (caption references in every language), else all but the bitext-paired ones that are
+        not caption languages (their translation annotations are bitexts)."""
+        if split == SPLIT_EVAL:
+            return self.translation_languages
+        return tuple(l for l in self.translation_languages
+                     if self.pairing_of(l) != BITEXT or l in self.caption_languages)
+
+    @property
     def held_out_caption_languages(self) -> tuple[str, ...]:
         """Languages that get no caption labels in train: the unseen task-language pairs."""
         return tuple(l for l in self.languages if l not in self.caption_languages)
@@ -173,6 +186,10 @@ class CoveragePlan:
     def order_of(self, key: str) -> int:
         """Position key of a sample within its split: a seeded shuffle, stable across runs."""
         return _unit_hash(self.seed, "order", key)
+
+    def seeded(self, *parts: object) -> int:
+        """A 64-bit draw from (seed, parts): a choice made per sample that no run or worker changes."""
+        return _unit_hash(self.seed, *parts)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -143,3 +143,15 @@ def unsupported_reason(code: str) -> Optional[str]:
     if problems:
         return f"{code!r} has incomplete rules: {'; '.join(problems)}"
     return None
+
+
+# Scripts whose sentences follow each other without a space (Chinese, Japanese); Thai, though written
+# without spaces between words, puts one between sentences.
+_UNSPACED_SENTENCES = frozenset({"Han", "Hiragana", "Katakana"})
+
+
+def sentence_joiner(code: str) -> str:
+    """What goes between two sentences of `code` written one after the other: nothing in Chinese or
+    Japanese, a space elsewhere."""
+    rules = LANGUAGES.get(code)
+    return "" if rules is not None and set(rules.scripts) <= _UNSPACED_SENTENCES else " "

@@ -3,6 +3,9 @@ UTF-8 JSON holding the sample's metadata and its annotations, each
 `{"task": caption|translation, "lang": ..., "source": English text (translation only), "target": ...}`.
 Where the plan pairs a translation language with other images' captions, the metadata also holds
 `caption_hashes`: the text hashes of the image's own captions, which no such source may have.
+A translation annotation from a bitext matched to the image also holds `similarity`, the cosine of
+the image and the English side (for a paragraph of several bitexts: the lowest of theirs); samples
+written before it existed read as they did.
 """
 from __future__ import annotations
 
@@ -26,11 +29,14 @@ class Annotation:
     lang: str
     target: str
     source: Optional[str] = None  # the English text, for translation
+    similarity: Optional[float] = None  # image - English side cosine, for a bitext
 
-    def to_json(self) -> dict[str, str]:
-        out = {"task": self.task, "lang": self.lang, "target": self.target}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"task": self.task, "lang": self.lang, "target": self.target}
         if self.source is not None:
             out["source"] = self.source
+        if self.similarity is not None:
+            out["similarity"] = self.similarity
         return out
 
     @classmethod
@@ -39,7 +45,11 @@ class Annotation:
             raise ValueError(f"unknown task {raw.get('task')!r}")
         if raw["task"] != TASK_CAPTION and not raw.get("source"):
             raise ValueError("a translation annotation needs its source text")
-        return cls(task=raw["task"], lang=raw["lang"], target=raw["target"], source=raw.get("source"))
+        similarity = raw.get("similarity")
+        if similarity is not None and (isinstance(similarity, bool) or not isinstance(similarity, (int, float))):
+            raise ValueError(f"similarity {similarity!r} is not a number")
+        return cls(task=raw["task"], lang=raw["lang"], target=raw["target"], source=raw.get("source"),
+                   similarity=similarity)
 
 
 def encode_sample_json(metadata: dict[str, Any], annotations: list[Annotation]) -> bytes:

@@ -4,7 +4,9 @@ it will embed, a 2-layer text and vision tower with 32-dim projections, and an i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
+
+import numpy as np
 
 PROJECTION = 32
 
@@ -33,3 +35,13 @@ def tiny_clip(folder: Path, sentences: Iterable[str]) -> Path:
     CLIPModel(config).save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def unit_vectors(folder: Path, modality: str, rows: Sequence) -> np.ndarray:
+    """The model's vectors for `rows` (image bytes or sentences), made outside Beam in one batch,
+    normalised: what a brute-force reference scores."""
+    from transforms.embeddings import ClipEmbeddings
+
+    handler = ClipEmbeddings(str(folder), modality, len(rows))
+    vectors = np.stack(handler.run_inference(list(rows), handler.load_model()))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

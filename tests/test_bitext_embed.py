@@ -18,11 +18,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from schemas.bitext import Bitext, BitextMatching, BitextSource
 from schemas.contract import validate_config
 from schemas.errors import InputError
-from tests.clip_support import tiny_clip
+from tests.clip_support import tiny_clip, unit_vectors
 from tests.helpers import COCO_SAMPLE, multi30k_pairs, require_coco_sample
 from transforms.bitext_match import IMAGES, TEXTS, MatchBitexts, best_first
 from transforms.bitext_source import TOO_SHORT, ReadBitexts, tsv_bitexts
-from transforms.embeddings import ClipEmbeddings, Embed
+from transforms.embeddings import Embed
 from transforms.source_common import MALFORMED
 
 PAIRS = 2000
@@ -74,12 +74,9 @@ def _run(root: Path, fmt: str, out: Path) -> tuple[dict, Counter, dict]:
 
 def _reference(root: Path, images: list[Path], bitexts: dict[str, Bitext]) -> dict:
     """The same model's vectors made outside Beam, all at once, and every pair scored in numpy."""
-    def unit(modality: str, rows: list) -> np.ndarray:
-        handler = ClipEmbeddings(str(root / "clip"), modality, len(rows))
-        vectors = np.stack(handler.run_inference(rows, handler.load_model()))
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = sorted(bitexts)
-    sims = unit("image", [i.read_bytes() for i in images]) @ unit("text", [bitexts[i].en for i in ids]).T
+    sims = (unit_vectors(root / "clip", "image", [i.read_bytes() for i in images])
+            @ unit_vectors(root / "clip", "text", [bitexts[i].en for i in ids]).T)
     return {image.stem: best_first(zip(row.tolist(), ids), MATCHING.top_n) for image, row in zip(images, sims)}
 
 

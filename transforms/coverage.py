@@ -12,6 +12,10 @@ plan's seeded order, wrapping around — that shares no caption text with it and
 those languages (`pair_donors`). The bucket's group already holds every text its images use and
 their translations, so pairing adds no grouping, no side input and no translation, and stays bounded
 by images_per_bucket at any scale.
+
+A translation language the plan pairs `bitext` takes the bitexts matched to the image
+(transforms/bitext_pairs.py): a third input, joined to the kept images by content and sent to their
+bucket, at most top_n per image.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import apache_beam as beam
 from schemas.coverage import OWN_CAPTION, CoveragePlan
 from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION, ImageRef, ValidImage, text_hash
 from schemas.sample import CAPTION_HASHES, Annotation, encode_sample_json, task_language
+from transforms.bitext_pairs import BitextMatch, BitextsByBucket, bitext_annotations
 from transforms.dedup import DUPLICATES, KeepOnePerContent, keep_first, key_rank
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
 from transforms.sharding import Bucket, BucketBits, BucketOffsets, bucket_of, shard_position
@@ -61,10 +66,12 @@ class ShardMember:
 
 def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
                      translations: Mapping[str, Mapping[str, str]],
-                     donor: Optional[ValidImage] = None) -> tuple[list[Annotation], Counter]:
+                     donor: Optional[ValidImage] = None,
+                     bitexts: Sequence[BitextMatch] = ()) -> tuple[list[Annotation], Counter]:
     """Annotations of one image, in (caption index, task, plan language order), then the other_image
-    languages' translations of its donor's captions (donor caption index, plan language order); and
-    what is missing (for an image without a donor, one translation per own caption)."""
+    languages' translations of its donor's captions (donor caption index, plan language order), then
+    the bitext languages' matched bitexts; and what is missing (for an image without a donor, one
+    translation per own caption)."""
     caption_langs = plan.languages if split == SPLIT_EVAL else plan.caption_languages
     caption_langs = [l for l in plan.languages if l in caption_langs]
     own_langs = [l for l in plan.translation_languages if plan.pairing_of(l) == OWN_CAPTION]
@@ -84,6 +91,7 @@ def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
         missing.update({task_language(TASK_TRANSLATION, l): len(image.captions) for l in paired_langs})
     for caption in donor.captions if donor is not None else ():
         annotations += _translations(caption, translations.get(text_hash(caption), {}), paired_langs, missing)
+    annotations += bitext_annotations(image, bitexts, plan, missing)
     return annotations, missing
 
 
@@ -123,11 +131,12 @@ def pair_donors(ring: Sequence[ValidImage], plan: CoveragePlan,
 
 
 def shard_member(image: ValidImage, split: str, plan: CoveragePlan,
-                 translations: Mapping[str, Mapping[str, str]], donor: Optional[ValidImage] = None) -> ShardMember:
+                 translations: Mapping[str, Mapping[str, str]], donor: Optional[ValidImage] = None,
+                 bitexts: Sequence[BitextMatch] = ()) -> ShardMember:
     """The image's sample; where the plan pairs other images, its JSON also lists the text hashes of
     the image's own captions (`caption_hashes`), so that `verify` can tell that no paired
     translation translates one of them."""
-    annotations, missing = plan_annotations(image, split, plan, translations, donor)
+    annotations, missing = plan_annotations(image, split, plan, translations, donor, bitexts)
     for task_lang, n in missing.items():
         beam.metrics.Metrics.counter("coverage", f"missing_{task_lang}").inc(n)
     counts = Counter(task_language(a.task, a.lang) for a in annotations)
@@ -191,6 +200,7 @@ class _PlanBucket(beam.DoFn):
         for image in grouped["image"]:
             images.setdefault(image.key, []).append(image)
         translations = {text: dict(found) for text, found in grouped["translations"]}
+        bitexts = dict(grouped.get("bitexts", ()))
         rings: dict[str, list[ValidImage]] = {}  # per split, in plan order
         for key in sorted(images, key=lambda k: (self.plan.order_of(k), k)):
             image, duplicates = keep_first(key, images[key])
@@ -202,11 +212,13 @@ class _PlanBucket(beam.DoFn):
             donors = pair_donors(ring, self.plan, translations) if paired else [None] * len(ring)
             for i, (image, donor) in enumerate(zip(ring, donors)):
                 shard, position = shard_position(offsets[(split, bucket)] + i, self.plan.shard_size)
-                yield (split, shard), (position, shard_member(image, split, self.plan, translations, donor))
+                yield (split, shard), (position, shard_member(image, split, self.plan, translations, donor,
+                                                              bitexts.get((image.key, image.sha256), ())))
 
 
 class AssignCoverage(beam.PTransform):
     """ValidImage (duplicate keys and bytes allowed) + store entries (text_hash, (lang, translation))
+    [+ bitext matches (sha256, (similarity, Bitext)), when the plan pairs a language by bitext]
     -> {"members": ((split, shard), (position, ShardMember)), "duplicates": Rejections of duplicate
     images and keys}.
 
@@ -220,7 +232,7 @@ class AssignCoverage(beam.PTransform):
         self.plan = plan
 
     def expand(self, inputs: tuple):
-        all_images, store = inputs
+        all_images, store, *matches = inputs
         plan = self.plan
         unique = all_images | "KeepOnePerContent" >> KeepOnePerContent(plan)
         images = unique["images"]
@@ -234,7 +246,10 @@ class AssignCoverage(beam.PTransform):
         offsets = (images | "RankedKeys" >> beam.Map(lambda im: (im.key, key_rank(im)))
                    | "Offsets" >> BucketOffsets(plan, bits))
         by_bucket = images | "ByBucket" >> beam.Map(lambda im, b: (bucket_of(plan, im.key, b), im), b=bits)
-        planned = ({"image": by_bucket, "translations": translations}
+        groups = {"image": by_bucket, "translations": translations}
+        if matches:
+            groups["bitexts"] = (images, matches[0]) | "BitextsByBucket" >> BitextsByBucket(plan, bits)
+        planned = (groups
                    | "JoinBuckets" >> MeasuredCoGroupByKey()
                    | "PlanBuckets" >> beam.ParDo(_PlanBucket(plan), offsets=offsets).with_outputs(
                        DUPLICATES, main="members"))

@@ -5,6 +5,13 @@ transformers' from_pretrained on each worker (a gs:// or s3:// folder is copied 
 transforms/model_weights.py), on the GPU when the worker has one. RunInference batches the rows
 (batch_size per forward pass) and shares the loaded model within a worker process. The vectors come
 out as float32 numpy arrays; transforms/bitext_match.py normalises them.
+
+A row's vector does not depend on the rows it was batched with: RunInference batches whatever a
+bundle holds, and a matrix product of another shape may round differently in the last bits, which
+would change similarities (and rarely a ranking) from one run to the next. So every forward pass has
+one shape: the batch is padded to batch_size (with copies of its first row, dropped after) and text
+to the model's full length. The price is the padding's compute: the last batch of a bundle, and for
+CLIP text (SigLIP pads to full length anyway) the tokens past each sentence's end.
 """
 from __future__ import annotations
 
@@ -49,20 +56,22 @@ class ClipEmbeddings(ModelHandler[Any, np.ndarray, ClipTower]):
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[np.ndarray]:
         import torch
 
+        rows = len(batch)
+        batch = [*batch, *[batch[0]] * (self.batch_size - rows)]  # one shape for every pass (see above)
         with torch.inference_mode():
             if self.modality == "image":
                 pixels = model.preprocess(images=[_rgb(b) for b in batch], return_tensors="pt")["pixel_values"]
                 out = model.model.get_image_features(pixel_values=pixels.to(model.device))
             else:
                 config = model.model.config
-                # SigLIP was trained on text padded to its full length; CLIP pools at the end token.
-                padding = "max_length" if config.model_type == "siglip" else True
-                tokens = model.preprocess(list(batch), padding=padding, truncation=True, return_tensors="pt",
+                # Full length: SigLIP was trained on it, and CLIP (which pools at the end token and
+                # masks the padding) then computes every batch in one shape.
+                tokens = model.preprocess(list(batch), padding="max_length", truncation=True, return_tensors="pt",
                                           max_length=config.text_config.max_position_embeddings)
                 out = model.model.get_text_features(**{k: v.to(model.device) for k, v in tokens.items()
                                                       if k in ("input_ids", "attention_mask")})
         vectors = getattr(out, "pooler_output", out)  # transformers 5 returns an output object
-        return list(vectors.float().cpu().numpy())
+        return list(vectors.float().cpu().numpy()[:rows])
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         return {"max_batch_size": self.batch_size}

@@ -97,6 +97,28 @@ class _Summarize(beam.CombineFn):
         return summary
 
 
+class _UniqueText(beam.CombineFn):
+    """(text, languages) of one text hash -> (the smallest spelling, every language asked for it), so
+    a text used where it needs fewer languages and where it needs more is requested once per language."""
+
+    def create_accumulator(self) -> tuple[Optional[str], frozenset]:
+        return None, frozenset()
+
+    def add_input(self, acc: tuple, element: tuple[str, tuple[str, ...]]) -> tuple:
+        text, langs = element
+        return (text if acc[0] is None else min(acc[0], text)), acc[1] | frozenset(langs)
+
+    def merge_accumulators(self, accs: Iterable[tuple]) -> tuple:
+        merged = self.create_accumulator()
+        for text, langs in accs:
+            if text is not None:
+                merged = self.add_input(merged, (text, langs))
+        return merged
+
+    def extract_output(self, acc: tuple) -> tuple[Optional[str], frozenset]:
+        return acc
+
+
 def _accepted_new(outcome: TranslationOutcome) -> Iterator[tuple[str, tuple[str, str]]]:
     if outcome.status == STATUS_ACCEPTED:
         yield outcome.request.text_hash, (outcome.request.lang, outcome.translation)
@@ -117,7 +139,7 @@ def _with_accelerator(transform: beam.PTransform, translator: TranslatorConfig) 
 
 
 class TranslateTexts(beam.PTransform):
-    """Normalized English texts -> {"translations": (text_hash, (lang, translation)) accepted, from
+    """Normalized English texts, each alone (into every language) or as (text, its languages) -> {"translations": (text_hash, (lang, translation)) accepted, from
     the store or new; "summary": one dict of counts (requested, cache hits, rejudged_on_read: hits
     whose verdict of older checks was judged again, stale_verdict: stored verdicts that could not be,
     translated, accepted, rejected_<reason>, failed_<reason>, retried) with FAILURE_EXAMPLES when
@@ -133,9 +155,11 @@ class TranslateTexts(beam.PTransform):
     def expand(self, texts):
         languages = self.languages
         needed = (texts
-                  | "Hash" >> beam.Map(lambda t: (text_hash(t), t))
-                  | "Unique" >> MeasuredCombinePerKey(min)
-                  | "PerLanguage" >> beam.FlatMap(lambda kv: [((kv[0], lang), kv[1]) for lang in languages]))
+                  | "Hash" >> beam.Map(lambda t: (text_hash(t), (t, languages)) if isinstance(t, str)
+                                       else (text_hash(t[0]), t))
+                  | "Unique" >> MeasuredCombinePerKey(_UniqueText())
+                  | "PerLanguage" >> beam.FlatMap(lambda kv: [((kv[0], lang), kv[1][0]) for lang in languages
+                                                             if lang in kv[1][1]]))
         stored = texts.pipeline | "ReadStore" >> ReadStoreEntries(self.store, languages)
         retry = self.translator is not None and self.translator.retry_rejected
         looked_up = ({"need": needed, "store": stored}

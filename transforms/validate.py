@@ -17,6 +17,7 @@ from transforms.image_io import ImageFetcher
 from transforms.staging import StagingWriter
 
 REJECTED = "rejected"
+IMAGE_BYTES = "image_bytes"  # (sha256, bytes) of each valid image, when asked for
 
 
 def check_caption(raw: Union[str, bytes], rules: ValidationRules) -> tuple[Optional[str], str]:
@@ -86,11 +87,16 @@ class ValidateRecord(beam.DoFn):
     With a `staging` folder (the build's, in its run folder), a valid image that no byte range of
     its source holds is staged there (transforms/staging.py: one writer per bundle, its files closed
     in finish_bundle, before the runner lets any step consume the bundle's outputs). `translate`
-    writes no shards and passes none: nothing is staged."""
+    writes no shards and passes none: nothing is staged.
 
-    def __init__(self, rules: ValidationRules, staging: Optional[str] = None):
+    With `image_bytes`, each valid image's (sha256, bytes) also goes to IMAGE_BYTES, for a step fused
+    behind this one (the bitext matcher's image embeddings) to use the bytes read here, not read
+    them again."""
+
+    def __init__(self, rules: ValidationRules, staging: Optional[str] = None, image_bytes: bool = False):
         self.rules = rules
         self.staging = staging
+        self.image_bytes = image_bytes
         self.fetcher: Optional[ImageFetcher] = None
         self.writer: Optional[StagingWriter] = None
 
@@ -109,17 +115,20 @@ class ValidateRecord(beam.DoFn):
             self.fetcher.close()
 
     def process(self, record: SourceRecord) -> Iterator:
-        valid, rejected = self.check(record)
+        valid, rejected, data = self.check(record)
         for r in rejected:
             beam.metrics.Metrics.counter("validate", r.reason).inc()
             yield beam.pvalue.TaggedOutput(REJECTED, r)
         if valid is not None:
             yield valid
+            if self.image_bytes:
+                yield beam.pvalue.TaggedOutput(IMAGE_BYTES, (valid.sha256, data))
 
-    def check(self, record: SourceRecord) -> tuple[Optional[ValidImage], list[Rejection]]:
-        """The valid image (or None) and every rejection; each caption is accounted exactly once."""
+    def check(self, record: SourceRecord) -> tuple[Optional[ValidImage], list[Rejection], Optional[bytes]]:
+        """The valid image (or None), every rejection, and the bytes read; each caption is accounted
+        exactly once."""
         def image_rejected(reason: str, detail: str = "", captions: int = len(record.captions)):
-            return None, [Rejection(record.source, record.key, "image", reason, detail, captions)]
+            return None, [Rejection(record.source, record.key, "image", reason, detail, captions)], None
 
         if record.image is None:
             return image_rejected("image_missing", "no image in the source record")
@@ -144,11 +153,11 @@ class ValidateRecord(beam.DoFn):
             else:
                 accepted.append(text)
         if not accepted:
-            _, image = image_rejected("no_valid_caption", captions=0)
-            return None, rejected + image
+            _, image, _ = image_rejected("no_valid_caption", captions=0)
+            return None, rejected + image, None
         ext, width, height = info
         image = record.image
         if not image.addressable and self.writer is not None:
             image = self.writer.stage(image, data)
         return ValidImage(record.source, record.source_id, record.key, image, ext, width, height,
-                          hashlib.sha256(data).hexdigest(), tuple(accepted)), rejected
+                          hashlib.sha256(data).hexdigest(), tuple(accepted)), rejected, data
