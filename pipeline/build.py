@@ -19,6 +19,7 @@ from pipeline.dataflow_checks import check_dataflow_translation
 from schemas.config import RunConfig, TranslatorConfig
 from schemas.errors import ConfigError
 from schemas.records import Rejection, SourceRecord
+from transforms.caption_styles import CaptionStyles
 from transforms.counting import sum_pairs
 from transforms.coverage import AssignCoverage
 from transforms.finalize import WriteRunMetadata, WriteTranslationStats
@@ -63,6 +64,12 @@ def read_inputs(p: beam.Pipeline, config: RunConfig, staging: Optional[str] = No
 
 
 def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[TranslatorConfig]) -> dict:
+    if config.translator is not None and config.translator.context:
+        # The seam: once the recaption stage stores descriptions, EnglishTexts pairs each caption with
+        # its image's description (TranslationRequest.context) and coverage looks translations up by
+        # records.request_key(caption, description).
+        raise ConfigError("translator.context", "is true, but the build has no contexts to send yet (the "
+                                                "recaption stage's descriptions); set it to false")
     if translator is not None:
         check_dataflow_translation(inputs.images.pipeline, translator)
     texts = inputs.images | "EnglishTexts" >> beam.FlatMap(lambda im: im.captions)
@@ -95,7 +102,8 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     translated = _translate(inputs, config, require_translator(config, "run") if translate else None)
     gate = {} if allow_missing else {
         "missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output, run_id)}
-    planned = (inputs.images, translated["translations"]) | "Coverage" >> AssignCoverage(config.plan)
+    planned = ((inputs.images, translated["translations"])
+               | "Coverage" >> AssignCoverage(config.plan, CaptionStyles.of(config)))
     written = (planned["members"]
                | "GroupShards" >> MeasuredGroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id), **gate).with_outputs(

@@ -1,6 +1,8 @@
 """A shard sample's JSON member (`<key>.json` beside `<key>.<jpg|png|webp>`, named in schemas/layout.py):
 UTF-8 JSON holding the sample's metadata and its annotations, each
-`{"task": caption|translation, "lang": ..., "source": English text (translation only), "target": ...}`.
+`{"task": caption|translation, "lang": ..., "source": English text (translation only), "target": ...}`,
+and for a caption of a source split into styles (transforms/caption_styles.py) its `"style"`: one of
+Florence-2's task tags below; a caption without one is a `<CAPTION>`.
 Where the plan pairs a translation language with other images' captions, the metadata also holds
 `caption_hashes`: the text hashes of the image's own captions, which no such source may have.
 """
@@ -13,6 +15,8 @@ from typing import Any, Optional
 from schemas.records import TASK_CAPTION, TASKS
 
 CAPTION_HASHES = "caption_hashes"
+STYLE_CAPTION, STYLE_DETAILED, STYLE_MORE_DETAILED = "<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>"
+STYLES = (STYLE_CAPTION, STYLE_DETAILED, STYLE_MORE_DETAILED)
 
 
 def task_language(task: str, lang: str) -> str:
@@ -26,11 +30,19 @@ class Annotation:
     lang: str
     target: str
     source: Optional[str] = None  # the English text, for translation
+    style: Optional[str] = None  # a caption's style tag, where its source splits captions into styles
+
+    @property
+    def caption_style(self) -> str:
+        """The style a caption is asked in and scored as (`<CAPTION>` when it states none)."""
+        return self.style or STYLE_CAPTION
 
     def to_json(self) -> dict[str, str]:
         out = {"task": self.task, "lang": self.lang, "target": self.target}
         if self.source is not None:
             out["source"] = self.source
+        if self.style is not None:
+            out["style"] = self.style
         return out
 
     @classmethod
@@ -39,7 +51,10 @@ class Annotation:
             raise ValueError(f"unknown task {raw.get('task')!r}")
         if raw["task"] != TASK_CAPTION and not raw.get("source"):
             raise ValueError("a translation annotation needs its source text")
-        return cls(task=raw["task"], lang=raw["lang"], target=raw["target"], source=raw.get("source"))
+        style = raw.get("style")
+        if style is not None and (raw["task"] != TASK_CAPTION or style not in STYLES):
+            raise ValueError(f"style {style!r}: only a caption has one, one of {', '.join(STYLES)}")
+        return cls(task=raw["task"], lang=raw["lang"], target=raw["target"], source=raw.get("source"), style=style)
 
 
 def encode_sample_json(metadata: dict[str, Any], annotations: list[Annotation]) -> bytes:

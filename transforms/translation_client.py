@@ -7,6 +7,10 @@ Differs from Beam's VLLMChatModelHandler where translation at scale needs it to:
   next run sends it again) instead of raising and losing the batch;
 - every output is checked (transforms/translation_checks.py); a rejected one is asked again once
   with a stricter prompt, and a second rejection is final, with its reason;
+- a request with a context, where the translator sends contexts, is sent as "{text} ### ({context})"
+  and the answer's bracketed part is cut off; an answer that lost that structure is asked again
+  without the context (`context_fallback`), as the paper's code does, and so is the strict retry of
+  a request whose first answer needed that;
 - per-request `max_tokens` bounded by the source length (Beam has one inference_args dict);
 - a request holds a server slot only while it is sent and answered (transforms/admission.py); the
   backoff between attempts and the checks hold none. The checks run on the loop's thread: langdetect
@@ -130,7 +134,8 @@ class TranslationClient:
         detail = _one_line(redact(_describe(error, self.config.request_timeout_s), [self._api_key]))
         return RequestFailed(reason, detail)
 
-    async def _complete(self, request: TranslationRequest, strict: bool, sent: list[int]) -> str:
+    async def _complete(self, request: TranslationRequest, strict: bool, sent: list[int],
+                        context: Optional[str] = None) -> str:
         """The model's answer, after up to max_attempts attempts; `sent` counts [requests, retries]."""
         error_reason, error_detail, failed_server = "no_attempt", "", None
         for attempt in range(self.config.max_attempts):
@@ -142,7 +147,7 @@ class TranslationClient:
                 url = await asyncio.to_thread(self.backend.base_url, server)
                 sent[0] += 1
                 response = await self._client(url).chat.completions.create(
-                    **self._request.body(request.text, request.lang, strict))
+                    **self._request.body(request.text, request.lang, strict, context))
                 return _answer(response)
             except Exception as error:  # sorted into retryable or final just below
                 retry, error_reason = _retryable(error)
@@ -154,25 +159,40 @@ class TranslationClient:
             await asyncio.to_thread(self.backend.recover, failed_server, url)
         raise RequestFailed(error_reason, error_detail)
 
+    async def _ask(self, request: TranslationRequest, strict: bool, sent: list[int],
+                   with_context: bool) -> tuple[str, bool]:
+        """The answer for the text alone, and whether it came with the context: with the context, its
+        bracketed part cut off; asked again without when it lost that part (or `with_context` is false)."""
+        if with_context:
+            answer = self._request.without_context(await self._complete(request, strict, sent, request.context))
+            if answer is not None:
+                return answer, True
+        return await self._complete(request, strict, sent), False
+
     async def translate(self, request: TranslationRequest) -> tuple[TranslationOutcome, int]:
-        """The request's outcome, and how many of its HTTP requests were retries after an error."""
+        """The request's outcome, and how many of its HTTP requests were retries after an error. The
+        raw output kept is the answer the checks judged (a context's part cut off), so a stored verdict
+        can be judged again from it alone (transforms/store_verdicts.py)."""
         sent = [0, 0]
+        wants_context = request.context is not None and bool(self._request.context_format)
         try:
-            output = await self._complete(request, False, sent)
+            output, kept = await self._ask(request, False, sent, wants_context)
+            fallback = wants_context and not kept
             result = check_translation(request.text, output, request.lang)
             if result.text is not None:
                 return TranslationOutcome(request, STATUS_ACCEPTED, result.text, raw_output=output,
-                                          requests_sent=sent[0]), sent[1]
-            output = await self._complete(request, True, sent)
+                                          requests_sent=sent[0], context_fallback=fallback), sent[1]
+            output, kept = await self._ask(request, True, sent, wants_context and not fallback)
+            fallback = wants_context and not kept
             result = check_translation(request.text, output, request.lang)
         except RequestFailed as failed:  # raw_output: the cause, in one line (failures are never stored)
             return TranslationOutcome(request, STATUS_FAILED, reason=failed.reason, raw_output=failed.detail,
                                       requests_sent=sent[0]), sent[1]
         if result.text is not None:
             return TranslationOutcome(request, STATUS_ACCEPTED, result.text, raw_output=output, strict_retry=True,
-                                      requests_sent=sent[0]), sent[1]
+                                      requests_sent=sent[0], context_fallback=fallback), sent[1]
         return TranslationOutcome(request, STATUS_REJECTED, reason=result.reason, raw_output=output,
-                                  strict_retry=True, requests_sent=sent[0]), sent[1]
+                                  strict_retry=True, requests_sent=sent[0], context_fallback=fallback), sent[1]
 
     async def close(self) -> None:
         for client in self._clients.values():
