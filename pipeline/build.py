@@ -28,6 +28,7 @@ from schemas.layout import RECAPTION_STATS
 from schemas.records import Rejection, SourceRecord
 from transforms.atomic import join
 from transforms.bitext_pairs import PairBitexts
+from transforms.caption_styles import CaptionStyles
 from transforms.counting import sum_pairs
 from transforms.coverage import AssignCoverage
 from transforms.finalize import WriteRunMetadata, WriteTranslationStats
@@ -76,6 +77,12 @@ def read_inputs(p: beam.Pipeline, config: RunConfig, staging: Optional[str] = No
 
 
 def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[TranslatorConfig]) -> dict:
+    if config.translator is not None and config.translator.context:
+        # The seam: once the recaption stage stores descriptions, EnglishTexts pairs each caption with
+        # its image's description (TranslationRequest.context) and coverage looks translations up by
+        # records.request_key(caption, description).
+        raise ConfigError("translator.context", "is true, but the build has no contexts to send yet (the "
+                                                "recaption stage's descriptions); set it to false")
     if translator is not None:
         check_dataflow_translation(inputs.images.pipeline, translator)
     plan = config.plan
@@ -121,7 +128,7 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     if pair_bitexts:
         bitexts = inputs.image_bytes | "PairBitexts" >> PairBitexts(config.bitext, join(staging, "bitext"))
         coverage_inputs += (bitexts["matches"],)
-    planned = coverage_inputs | "Coverage" >> AssignCoverage(config.plan)
+    planned = coverage_inputs | "Coverage" >> AssignCoverage(config.plan, CaptionStyles.of(config))
     written = (planned["members"]
                | "GroupShards" >> MeasuredGroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id), **gate).with_outputs(

@@ -22,13 +22,18 @@ from schemas.contract import (Bool, NonNegativeInt, Path, PositiveFloat, Positiv
                               described, resolve_path, validate_config)
 from schemas.coverage import CoveragePlan
 from schemas.errors import ConfigError
-from schemas.prompts import RequestTemplate
+from schemas.prompts import CONTEXT_FORMAT, RequestTemplate
 from schemas.recaption_prompts import (DEFAULT_ANSWER_PREFIX, DEFAULT_MODEL, DEFAULT_PROMPT,
                                         DescriptionTemplate)
 from schemas.secrets import api_key_flag_in, has_url_userinfo, redact, redact_args, valid_env_name
 
 SourceName = Annotated[str, Field(strict=True, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$"),
                        described("1-32 characters of a-z, 0-9 and '-' (it prefixes sample keys)")]
+# How a source's captions become caption samples (transforms/caption_styles.py): `short` keeps each
+# one whole as a <CAPTION> (human captions such as COCO's); `by_sentences` splits each into its first
+# sentence (<CAPTION>) and, with 2 or 3+ sentences, the whole text (<DETAILED_CAPTION> or
+# <MORE_DETAILED_CAPTION>), as the paper does for long web and model-written captions.
+CaptionStyle = Literal["short", "by_sentences"]
 
 
 @config_model
@@ -40,6 +45,7 @@ class CocoSource:
     images: Path
     # Image paths (file_name, after symlinks) must lie inside `images`; true reads them from anywhere.
     allow_outside_root: Bool = False
+    caption_style: CaptionStyle = "short"
     type: Literal["coco"] = "coco"
 
 
@@ -51,6 +57,7 @@ class WebDatasetSource:
     urls: Path  # a glob, e.g. data/{shards}/*.tar or gs://bucket/x/*.tar
     # "txt", or "json:<field>" (the field may hold a string or a list)
     caption: Annotated[str, Field(strict=True, pattern=r"^(txt|json:.+)$"), described("'txt' or 'json:<field>'")] = "txt"
+    caption_style: CaptionStyle = "short"
     type: Literal["webdataset"] = "webdataset"
 
 
@@ -67,6 +74,7 @@ class ParquetSource:
     # Image paths must lie inside it (after symlinks); unset: the folder of the Parquet file holding the row.
     image_root: Optional[Path] = None
     allow_outside_root: Bool = False  # true: image paths may point anywhere
+    caption_style: CaptionStyle = "short"
     type: Literal["parquet"] = "parquet"
 
     @model_validator(mode="after")
@@ -228,13 +236,17 @@ class TranslatorConfig(ServedModel):
 
     max_tokens_cap: PositiveInt = 512
     retry_rejected: Bool = False  # re-translate texts the store holds as rejected
+    # Context-enhanced translation: send each request's context (an image's description, another of its
+    # captions) as "{caption} ### ({context})" (schemas/prompts.py). Its own fingerprint and store keys.
+    context: Bool = False
 
     SECTION: ClassVar[str] = "translator"
 
     @property
     def request(self) -> RequestTemplate:
         """What every request sends, and so the store fingerprint (schemas/prompts.py)."""
-        return RequestTemplate(model=self.model, max_tokens_cap=self.max_tokens_cap)
+        return RequestTemplate(model=self.model, max_tokens_cap=self.max_tokens_cap,
+                               context_format=CONTEXT_FORMAT if self.context else "")
 
 
 @config_model

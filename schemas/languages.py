@@ -3,7 +3,8 @@
 A language is usable in a plan only with complete rules: the English name the prompts use, the
 Unicode script(s) its text is written in, the bounds of a translation's length relative to the
 English source, and the codes both language detectors answer for it (transforms/translation_checks.py
-reads nothing about a language from anywhere else). Standard library only, on purpose: the tiny test
+reads nothing about a language from anywhere else), and the sentence rules that split its captions
+into styles (transforms/caption_styles.py). Standard library only, on purpose: the tiny test
 translator's environment imports this module through schemas/prompts.py.
 """
 from __future__ import annotations
@@ -44,6 +45,9 @@ class LanguageRules:
     length_ratio: tuple[float, float]  # translation / source characters, inclusive bounds
     langdetect: tuple[str, ...]  # what langdetect answers for it
     fasttext: tuple[str, ...]  # what fastText lid.176 answers for it
+    # The pysbd language whose rules split its sentences (caption styles, transforms/caption_styles.py):
+    # its own code where pysbd has rules for it, else a language of its script or family with them.
+    sentences: str = ""
 
     def problems(self) -> list[str]:
         """What is missing or inconsistent in these rules (empty when complete)."""
@@ -59,70 +63,74 @@ class LanguageRules:
             found.append(f"length_ratio {self.length_ratio} is not 0 < low < high")
         if not self.langdetect or not self.fasttext:
             found.append("a detector has no code for it")
+        if not self.sentences:
+            found.append("no sentence rules")
         return found
 
 
 def _rules(code: str, name: str, scripts: str, length_ratio: tuple[float, float] = _ALPHABETIC,
-           langdetect: Optional[tuple[str, ...]] = None, fasttext: Optional[tuple[str, ...]] = None) -> LanguageRules:
-    """One table row; the detectors' codes default to the ISO code."""
-    return LanguageRules(code, name, tuple(scripts.split()), length_ratio, langdetect or (code,), fasttext or (code,))
+           langdetect: Optional[tuple[str, ...]] = None, fasttext: Optional[tuple[str, ...]] = None,
+           sentences: Optional[str] = None) -> LanguageRules:
+    """One table row; the detectors' codes and the sentence rules default to the ISO code."""
+    return LanguageRules(code, name, tuple(scripts.split()), length_ratio, langdetect or (code,), fasttext or (code,),
+                         sentences or code)
 
 
 # Every language both detectors know (langdetect's 55 profiles, all in lid.176).
 LANGUAGES: Mapping[str, LanguageRules] = {r.code: r for r in (
-    _rules("af", "Afrikaans", "Latin"),
+    _rules("af", "Afrikaans", "Latin", sentences="en"),
     _rules("ar", "Arabic", "Arabic"),
     _rules("bg", "Bulgarian", "Cyrillic"),
-    _rules("bn", "Bengali", "Bengali"),
-    _rules("ca", "Catalan", "Latin"),
-    _rules("cs", "Czech", "Latin"),
-    _rules("cy", "Welsh", "Latin"),
+    _rules("bn", "Bengali", "Bengali", sentences="hi"),
+    _rules("ca", "Catalan", "Latin", sentences="es"),
+    _rules("cs", "Czech", "Latin", sentences="sk"),
+    _rules("cy", "Welsh", "Latin", sentences="en"),
     _rules("da", "Danish", "Latin"),
     _rules("de", "German", "Latin"),
     _rules("el", "Greek", "Greek"),
     _rules("en", "English", "Latin"),
     _rules("es", "Spanish", "Latin"),
-    _rules("et", "Estonian", "Latin"),
+    _rules("et", "Estonian", "Latin", sentences="en"),
     _rules("fa", "Persian", "Arabic"),
-    _rules("fi", "Finnish", "Latin"),
+    _rules("fi", "Finnish", "Latin", sentences="en"),
     _rules("fr", "French", "Latin"),
-    _rules("gu", "Gujarati", "Gujarati"),
-    _rules("he", "Hebrew", "Hebrew"),
+    _rules("gu", "Gujarati", "Gujarati", sentences="en"),
+    _rules("he", "Hebrew", "Hebrew", sentences="en"),
     _rules("hi", "Hindi", "Devanagari"),
-    _rules("hr", "Croatian", "Latin"),
-    _rules("hu", "Hungarian", "Latin"),
-    _rules("id", "Indonesian", "Latin"),
+    _rules("hr", "Croatian", "Latin", sentences="en"),
+    _rules("hu", "Hungarian", "Latin", sentences="en"),
+    _rules("id", "Indonesian", "Latin", sentences="en"),
     _rules("it", "Italian", "Latin"),
     _rules("ja", "Japanese", "Han Hiragana Katakana", _JAPANESE),
-    _rules("kn", "Kannada", "Kannada"),
-    _rules("ko", "Korean", "Hangul", _KOREAN),
-    _rules("lt", "Lithuanian", "Latin"),
-    _rules("lv", "Latvian", "Latin"),
-    _rules("mk", "Macedonian", "Cyrillic"),
-    _rules("ml", "Malayalam", "Malayalam"),
+    _rules("kn", "Kannada", "Kannada", sentences="en"),
+    _rules("ko", "Korean", "Hangul", _KOREAN, sentences="en"),
+    _rules("lt", "Lithuanian", "Latin", sentences="en"),
+    _rules("lv", "Latvian", "Latin", sentences="en"),
+    _rules("mk", "Macedonian", "Cyrillic", sentences="bg"),
+    _rules("ml", "Malayalam", "Malayalam", sentences="en"),
     _rules("mr", "Marathi", "Devanagari"),
-    _rules("ne", "Nepali", "Devanagari"),
+    _rules("ne", "Nepali", "Devanagari", sentences="hi"),
     _rules("nl", "Dutch", "Latin"),
-    _rules("no", "Norwegian", "Latin", fasttext=("no", "nn")),
-    _rules("pa", "Punjabi", "Gurmukhi"),
+    _rules("no", "Norwegian", "Latin", fasttext=("no", "nn"), sentences="da"),
+    _rules("pa", "Punjabi", "Gurmukhi", sentences="hi"),
     _rules("pl", "Polish", "Latin"),
-    _rules("pt", "Portuguese", "Latin"),
-    _rules("ro", "Romanian", "Latin"),
+    _rules("pt", "Portuguese", "Latin", sentences="es"),
+    _rules("ro", "Romanian", "Latin", sentences="en"),
     _rules("ru", "Russian", "Cyrillic"),
     _rules("sk", "Slovak", "Latin"),
-    _rules("sl", "Slovenian", "Latin"),
-    _rules("so", "Somali", "Latin"),
-    _rules("sq", "Albanian", "Latin"),
-    _rules("sv", "Swedish", "Latin"),
-    _rules("sw", "Swahili", "Latin"),
-    _rules("ta", "Tamil", "Tamil"),
-    _rules("te", "Telugu", "Telugu"),
-    _rules("th", "Thai", "Thai"),
-    _rules("tl", "Tagalog", "Latin"),
-    _rules("tr", "Turkish", "Latin"),
-    _rules("uk", "Ukrainian", "Cyrillic"),
+    _rules("sl", "Slovenian", "Latin", sentences="en"),
+    _rules("so", "Somali", "Latin", sentences="en"),
+    _rules("sq", "Albanian", "Latin", sentences="en"),
+    _rules("sv", "Swedish", "Latin", sentences="da"),
+    _rules("sw", "Swahili", "Latin", sentences="en"),
+    _rules("ta", "Tamil", "Tamil", sentences="en"),
+    _rules("te", "Telugu", "Telugu", sentences="en"),
+    _rules("th", "Thai", "Thai", sentences="en"),
+    _rules("tl", "Tagalog", "Latin", sentences="en"),
+    _rules("tr", "Turkish", "Latin", sentences="en"),
+    _rules("uk", "Ukrainian", "Cyrillic", sentences="ru"),
     _rules("ur", "Urdu", "Arabic"),
-    _rules("vi", "Vietnamese", "Latin"),
+    _rules("vi", "Vietnamese", "Latin", sentences="en"),
     _rules("zh", "Chinese", "Han", _CHINESE, langdetect=("zh-cn", "zh-tw")),
 )}
 

@@ -84,11 +84,14 @@ STATUS_FAILED = "failed"  # a translation that got no decided outcome: never sto
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TranslationRequest:
-    """One English text to translate into one language (a translator-stage record)."""
+    """One English text to translate into one language (a translator-stage record), with the context
+    its caller gives it (a description of the image, another caption of it), if any: sent along where
+    the translator sends contexts (schemas/prompts.py). `text_hash` is its store key, `request_key`."""
 
     text_hash: str
     lang: str
     text: str
+    context: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class TranslationOutcome:
     raw_output: Optional[str] = None  # the answer the verdict judged (stored), or the cause (a failure)
     strict_retry: bool = False  # whether the stricter prompt was needed
     requests_sent: int = 0  # HTTP requests this translation took, retries included
+    context_fallback: bool = False  # whether the answer lost its context part and was asked again without
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,3 +155,12 @@ def normalize_text(text: str) -> str:
 def text_hash(normalized: str) -> str:
     """Stable key of an English text in the translation store (sha256 of its normalized UTF-8)."""
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
+def request_key(normalized: str, context: Optional[str] = None) -> str:
+    """The store key of a translation request, both texts normalized: its text's hash, or with a
+    context, the hash of both (one caption in two images' contexts is two translations). The text
+    ends at the NUL, which normalize_text removes from every text, so no two pairs share a key."""
+    if context is None:
+        return text_hash(normalized)
+    return hashlib.sha256(f"{normalized}\0{context}".encode("utf-8")).hexdigest()

@@ -1,6 +1,8 @@
 """A shard sample's JSON member (`<key>.json` beside `<key>.<jpg|png|webp>`, named in schemas/layout.py):
 UTF-8 JSON holding the sample's metadata and its annotations, each
-`{"task": caption|translation, "lang": ..., "source": English text (translation only), "target": ...}`.
+`{"task": caption|translation, "lang": ..., "source": English text (translation only), "target": ...}`,
+and for a caption of a source split into styles (transforms/caption_styles.py) its `"style"`: one of
+Florence-2's task tags below; a caption without one is a `<CAPTION>`.
 Where the plan pairs a translation language with other images' captions, the metadata also holds
 `caption_hashes`: the text hashes of the image's own captions, which no such source may have.
 A translation annotation from a bitext matched to the image also holds `similarity`, the cosine of
@@ -16,6 +18,8 @@ from typing import Any, Optional
 from schemas.records import TASK_CAPTION, TASKS
 
 CAPTION_HASHES = "caption_hashes"
+STYLE_CAPTION, STYLE_DETAILED, STYLE_MORE_DETAILED = "<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>"
+STYLES = (STYLE_CAPTION, STYLE_DETAILED, STYLE_MORE_DETAILED)
 
 
 def task_language(task: str, lang: str) -> str:
@@ -30,6 +34,12 @@ class Annotation:
     target: str
     source: Optional[str] = None  # the English text, for translation
     similarity: Optional[float] = None  # image - English side cosine, for a bitext
+    style: Optional[str] = None  # a caption's style tag, where its source splits captions into styles
+
+    @property
+    def caption_style(self) -> str:
+        """The style a caption is asked in and scored as (`<CAPTION>` when it states none)."""
+        return self.style or STYLE_CAPTION
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task, "lang": self.lang, "target": self.target}
@@ -37,6 +47,8 @@ class Annotation:
             out["source"] = self.source
         if self.similarity is not None:
             out["similarity"] = self.similarity
+        if self.style is not None:
+            out["style"] = self.style
         return out
 
     @classmethod
@@ -48,8 +60,11 @@ class Annotation:
         similarity = raw.get("similarity")
         if similarity is not None and (isinstance(similarity, bool) or not isinstance(similarity, (int, float))):
             raise ValueError(f"similarity {similarity!r} is not a number")
+        style = raw.get("style")
+        if style is not None and (raw["task"] != TASK_CAPTION or style not in STYLES):
+            raise ValueError(f"style {style!r}: only a caption has one, one of {', '.join(STYLES)}")
         return cls(task=raw["task"], lang=raw["lang"], target=raw["target"], source=raw.get("source"),
-                   similarity=similarity)
+                   similarity=similarity, style=style)
 
 
 def encode_sample_json(metadata: dict[str, Any], annotations: list[Annotation]) -> bytes:

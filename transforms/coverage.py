@@ -30,6 +30,7 @@ from schemas.coverage import OWN_CAPTION, CoveragePlan
 from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION, ImageRef, ValidImage, text_hash
 from schemas.sample import CAPTION_HASHES, Annotation, encode_sample_json, task_language
 from transforms.bitext_pairs import BitextMatch, BitextsByBucket, bitext_annotations
+from transforms.caption_styles import CaptionStyles, caption_annotations
 from transforms.dedup import DUPLICATES, KeepOnePerContent, keep_first, key_rank
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
 from transforms.sharding import Bucket, BucketBits, BucketOffsets, bucket_of, shard_position
@@ -67,11 +68,13 @@ class ShardMember:
 def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
                      translations: Mapping[str, Mapping[str, str]],
                      donor: Optional[ValidImage] = None,
-                     bitexts: Sequence[BitextMatch] = ()) -> tuple[list[Annotation], Counter]:
-    """Annotations of one image, in (caption index, task, plan language order), then the other_image
-    languages' translations of its donor's captions (donor caption index, plan language order), then
-    the bitext languages' matched bitexts; and what is missing (for an image without a donor, one
-    translation per own caption)."""
+                     bitexts: Sequence[BitextMatch] = (),
+                     styles: CaptionStyles = CaptionStyles()) -> tuple[list[Annotation], Counter]:
+    """Annotations of one image, in (caption index, task, plan language order, caption style), then the
+    other_image languages' translations of its donor's captions (donor caption index, plan language
+    order), then the bitext languages' matched bitexts; and what is missing (for an image without a
+    donor, one translation per own caption; a caption of a styled source counts once per language,
+    however many styles it would yield)."""
     caption_langs = plan.languages if split == SPLIT_EVAL else plan.caption_languages
     caption_langs = [l for l in plan.languages if l in caption_langs]
     own_langs = [l for l in plan.translation_languages if plan.pairing_of(l) == OWN_CAPTION]
@@ -79,12 +82,13 @@ def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
     missing: Counter = Counter()
     for caption in image.captions:
         found = translations.get(text_hash(caption), {})
+        caption_styles = styles.styles_of(image.source, caption)
         for lang in caption_langs:
             target = caption if lang == plan.source_language else found.get(lang)
             if target is None:
                 missing[task_language(TASK_CAPTION, lang)] += 1
             else:
-                annotations.append(Annotation(TASK_CAPTION, lang, target))
+                annotations += caption_annotations(target, lang, caption_styles)
         annotations += _translations(caption, found, own_langs, missing)
     paired_langs = plan.other_image_languages
     if paired_langs and donor is None:
@@ -132,11 +136,11 @@ def pair_donors(ring: Sequence[ValidImage], plan: CoveragePlan,
 
 def shard_member(image: ValidImage, split: str, plan: CoveragePlan,
                  translations: Mapping[str, Mapping[str, str]], donor: Optional[ValidImage] = None,
-                 bitexts: Sequence[BitextMatch] = ()) -> ShardMember:
+                 bitexts: Sequence[BitextMatch] = (), styles: CaptionStyles = CaptionStyles()) -> ShardMember:
     """The image's sample; where the plan pairs other images, its JSON also lists the text hashes of
     the image's own captions (`caption_hashes`), so that `verify` can tell that no paired
     translation translates one of them."""
-    annotations, missing = plan_annotations(image, split, plan, translations, donor, bitexts)
+    annotations, missing = plan_annotations(image, split, plan, translations, donor, bitexts, styles)
     for task_lang, n in missing.items():
         beam.metrics.Metrics.counter("coverage", f"missing_{task_lang}").inc(n)
     counts = Counter(task_language(a.task, a.lang) for a in annotations)
@@ -191,8 +195,9 @@ class _PlanBucket(beam.DoFn):
     per unique key, ranked within its split by (order, key); duplicate keys to `duplicates`. The
     images of one split, in that order, are the ring that `pair_donors` pairs them in."""
 
-    def __init__(self, plan: CoveragePlan):
+    def __init__(self, plan: CoveragePlan, styles: CaptionStyles):
         self.plan = plan
+        self.styles = styles
 
     def process(self, item: tuple[int, dict], offsets: Mapping[Bucket, int]) -> Iterator:
         bucket, grouped = item
@@ -213,7 +218,8 @@ class _PlanBucket(beam.DoFn):
             for i, (image, donor) in enumerate(zip(ring, donors)):
                 shard, position = shard_position(offsets[(split, bucket)] + i, self.plan.shard_size)
                 yield (split, shard), (position, shard_member(image, split, self.plan, translations, donor,
-                                                              bitexts.get((image.key, image.sha256), ())))
+                                                              bitexts.get((image.key, image.sha256), ()),
+                                                              self.styles))
 
 
 class AssignCoverage(beam.PTransform):
@@ -227,9 +233,10 @@ class AssignCoverage(beam.PTransform):
     through a join on text hash: the buckets that use a text (combined before the shuffle) meet its
     store entries, and each such bucket gets the text's translations once."""
 
-    def __init__(self, plan: CoveragePlan):
+    def __init__(self, plan: CoveragePlan, styles: CaptionStyles = CaptionStyles()):
         super().__init__()
         self.plan = plan
+        self.styles = styles
 
     def expand(self, inputs: tuple):
         all_images, store, *matches = inputs
@@ -251,7 +258,7 @@ class AssignCoverage(beam.PTransform):
             groups["bitexts"] = (images, matches[0]) | "BitextsByBucket" >> BitextsByBucket(plan, bits)
         planned = (groups
                    | "JoinBuckets" >> MeasuredCoGroupByKey()
-                   | "PlanBuckets" >> beam.ParDo(_PlanBucket(plan), offsets=offsets).with_outputs(
+                   | "PlanBuckets" >> beam.ParDo(_PlanBucket(plan, self.styles), offsets=offsets).with_outputs(
                        DUPLICATES, main="members"))
         duplicates = (unique["duplicates"], planned[DUPLICATES]) | "AllDuplicates" >> beam.Flatten()
         return {"members": planned.members, "duplicates": duplicates}

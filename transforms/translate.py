@@ -61,6 +61,12 @@ def _outcome_counts(outcome: TranslationOutcome) -> dict:
     counts: dict = Counter({"requested": 1, "translated": 1, result: 1, "sent": outcome.requests_sent})
     if outcome.strict_retry:
         counts["retried"] += 1
+    # Context-enhanced translation: requests sent with a context, and those whose answer lost it
+    for name, happened in (("with_context", outcome.request.context is not None),
+                           ("context_fallback", outcome.context_fallback)):
+        if happened:
+            beam.metrics.Metrics.counter(NAMESPACE, name).inc()
+            counts[name] += 1
     if outcome.status == STATUS_FAILED:
         counts[FAILURE_EXAMPLES] = {result: outcome.raw_output or ""}
     return counts

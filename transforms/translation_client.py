@@ -8,6 +8,10 @@ Differs from Beam's VLLMChatModelHandler where translation at scale needs it to:
   next run sends it again) instead of raising and losing the batch;
 - every output is checked (transforms/translation_checks.py); a rejected one is asked again once
   with a stricter prompt, and a second rejection is final, with its reason;
+- a request with a context, where the translator sends contexts, is sent as "{text} ### ({context})"
+  and the answer's bracketed part is cut off; an answer that lost that structure is asked again
+  without the context (`context_fallback`), as the paper's code does, and so is the strict retry of
+  a request whose first answer needed that;
 - per-request `max_tokens` bounded by the source length (Beam has one inference_args dict);
 - a request holds a server slot only while it is sent and answered (transforms/admission.py); the
   backoff between attempts and the checks hold none. The checks run on the loop's thread: langdetect
@@ -163,31 +167,48 @@ class ChatClient:
 
 
 class TranslationClient(ChatClient):
-    """Translates requests one by one: the checks, and one retry with a stricter prompt."""
+    """Translates requests one by one: the checks, one retry with a stricter prompt, and with
+    translator.context the request's context, falling back to the text alone when the answer loses it."""
 
     def __init__(self, config: TranslatorConfig, backend: Backend, admission: Admission, api_key: Optional[str]):
         super().__init__(config, backend, admission, api_key)
         self._request = config.request  # the body sent is the one the store fingerprint hashes
 
-    async def _translation(self, request: TranslationRequest, strict: bool, sent: list[int]) -> str:
-        return _answer(await self._complete(self._request.body(request.text, request.lang, strict), sent))
+    async def _translation(self, request: TranslationRequest, strict: bool, sent: list[int],
+                           context: Optional[str] = None) -> str:
+        return _answer(await self._complete(self._request.body(request.text, request.lang, strict, context), sent))
+
+    async def _ask(self, request: TranslationRequest, strict: bool, sent: list[int],
+                   with_context: bool) -> tuple[str, bool]:
+        """The answer for the text alone, and whether it came with the context: with the context, its
+        bracketed part cut off; asked again without when it lost that part (or `with_context` is false)."""
+        if with_context:
+            answer = self._request.without_context(await self._translation(request, strict, sent, request.context))
+            if answer is not None:
+                return answer, True
+        return await self._translation(request, strict, sent), False
 
     async def answer(self, request: TranslationRequest) -> tuple[TranslationOutcome, int]:
-        """The request's outcome, and how many of its HTTP requests were retries after an error."""
+        """The request's outcome, and how many of its HTTP requests were retries after an error. The
+        raw output kept is the answer the checks judged (a context's part cut off), so a stored verdict
+        can be judged again from it alone (transforms/store_verdicts.py)."""
         sent = [0, 0]
+        wants_context = request.context is not None and bool(self._request.context_format)
         try:
-            output = await self._translation(request, False, sent)
+            output, kept = await self._ask(request, False, sent, wants_context)
+            fallback = wants_context and not kept
             result = check_translation(request.text, output, request.lang)
             if result.text is not None:
                 return TranslationOutcome(request, STATUS_ACCEPTED, result.text, raw_output=output,
-                                          requests_sent=sent[0]), sent[1]
-            output = await self._translation(request, True, sent)
+                                          requests_sent=sent[0], context_fallback=fallback), sent[1]
+            output, kept = await self._ask(request, True, sent, wants_context and not fallback)
+            fallback = wants_context and not kept
             result = check_translation(request.text, output, request.lang)
         except RequestFailed as failed:  # raw_output: the cause, in one line (failures are never stored)
             return TranslationOutcome(request, STATUS_FAILED, reason=failed.reason, raw_output=failed.detail,
                                       requests_sent=sent[0]), sent[1]
         if result.text is not None:
             return TranslationOutcome(request, STATUS_ACCEPTED, result.text, raw_output=output, strict_retry=True,
-                                      requests_sent=sent[0]), sent[1]
+                                      requests_sent=sent[0], context_fallback=fallback), sent[1]
         return TranslationOutcome(request, STATUS_REJECTED, reason=result.reason, raw_output=output,
-                                  strict_retry=True, requests_sent=sent[0]), sent[1]
+                                  strict_retry=True, requests_sent=sent[0], context_fallback=fallback), sent[1]
