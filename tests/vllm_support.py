@@ -39,7 +39,7 @@ def tiny_translator(untrained: bool = False) -> Path:
     out = REPO / ".cache" / f"tiny-translator-{'untrained-' if untrained else ''}{digest.hexdigest()[:12]}"
     if not (out / "pairs.jsonl").exists():
         cmd = [str(VLLM_PYTHON), str(TRAIN_SCRIPT), "--out", str(out), "--data", str(MULTI30K)]
-        subprocess.run(cmd + (["--untrained"] if untrained else []), check=True, timeout=900)
+        subprocess.run(cmd + (["--untrained"] if untrained else []), check=True, timeout=2400)
     return out
 
 
