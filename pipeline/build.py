@@ -21,7 +21,7 @@ from typing import Optional
 
 import apache_beam as beam
 
-from pipeline.dataflow_checks import check_dataflow_translation
+from pipeline.dataflow_checks import check_dataflow_served
 from schemas.config import RecaptionConfig, RunConfig, TranslatorConfig
 from schemas.errors import ConfigError
 from schemas.layout import RECAPTION_STATS
@@ -84,7 +84,7 @@ def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[
         raise ConfigError("translator.context", "is true, but the build has no contexts to send yet (the "
                                                 "recaption stage's descriptions); set it to false")
     if translator is not None:
-        check_dataflow_translation(inputs.images.pipeline, translator)
+        check_dataflow_served(inputs.images.pipeline, translator)
     plan = config.plan
     # Each caption with the languages its image's split needs from the translator (bitext-paired
     # languages only where they are caption references or captions).
@@ -153,7 +153,9 @@ def _recaption(images: beam.PCollection, config: RunConfig, run_id: str, remove_
     """Describe the images the store lacks; writes recaption_stats.json; returns the summary."""
     from transforms.recaption import Recaption  # the HTTP client: only graphs that recaption need it
 
-    summary = (images | "Recaption" >> Recaption(require_recaption(config)))["summary"]
+    recaption = require_recaption(config)
+    check_dataflow_served(images.pipeline, recaption)
+    summary = (images | "Recaption" >> Recaption(recaption))["summary"]
     return summary | "WriteRecaptionStats" >> beam.ParDo(
         WriteTranslationStats(config.output, run_id, RECAPTION_STATS, remove_run))
 

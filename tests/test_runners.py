@@ -34,8 +34,8 @@ TRANSLATOR = {"model": "gs://florenz-test/models/gemma-2-9b-it", "accelerator": 
 
 
 def dry_run(tmp: Path, command: str, *options: str, translator: dict | None = None,
-            plan: dict | None = None) -> subprocess.CompletedProcess:
-    extra = {"translator": translator} if translator else {}
+            plan: dict | None = None, recaption: dict | None = None) -> subprocess.CompletedProcess:
+    extra = {name: section for name, section in (("translator", translator), ("recaption", recaption)) if section}
     return dry_run_config(write_config(tmp, [coco_source()], plan or PAPER_PLAN, **extra), command, *options)
 
 
@@ -89,6 +89,24 @@ def test_a_dataflow_job_that_could_not_start_is_refused(tmp_path, change, field)
     options, translator = change(DATAFLOW, TRANSLATOR)
     done = dry_run(tmp_path, "run", *options, translator=translator)
     assert done.returncode == 2 and f"config error: {field}:" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_recaption_job_on_dataflow_is_checked_like_a_translating_one(tmp_path):
+    """The recaption VLM's managed server gets the translator's checks, named after its own section:
+    with its GPU hint the job builds and only the Describe step asks for a GPU; without it, whether
+    `recaption` or `run` builds the job, the job is refused naming recaption.accelerator."""
+    pytest.importorskip("apache_beam.runners.dataflow.dataflow_runner")
+    recaption = {**TRANSLATOR, "model": "gs://florenz-test/models/llama3-llava-next-8b-hf",
+                 "store": str(tmp_path / "descriptions")}
+    out = described(dry_run(tmp_path, "recaption", *DATAFLOW, recaption=recaption))
+    assert out["resource_hints"] == {"Recaption/Describe": {"accelerator": L4}}
+    assert out["hinted_steps"] == ["Recaption/Describe"]
+    no_gpu = {k: v for k, v in recaption.items() if k != "accelerator"}
+    for command, translator in (("recaption", None), ("run", TRANSLATOR)):
+        done = dry_run(tmp_path, command, *DATAFLOW, translator=translator, recaption=no_gpu)
+        assert done.returncode == 2 and "config error: recaption.accelerator:" in done.stderr, done.stderr[-2000:]
+    done = dry_run(tmp_path, "recaption", *replaced(DATAFLOW, "--disk_size_gb", "30"), recaption=recaption)
+    assert done.returncode == 2 and "config error: --disk_size_gb:" in done.stderr and "recaption's model" in done.stderr
 
 
 def test_an_accelerator_that_is_no_dataflow_hint_is_refused(tmp_path):

@@ -21,7 +21,7 @@ from schemas.config import DescriptionChecks
 from schemas.descriptions import DESCRIPTION_LANG
 from schemas.recaption_prompts import DescriptionTemplate
 from schemas.records import normalize_text
-from transforms.translation_checks import CheckRules, _comparable, _repeats, language_rules, wrong_language
+from transforms.translation_checks import CheckRules, comparable, language_rules, repeats, wrong_language
 
 # Part of every stored row and of every part's name: bump it when a check changes what is accepted.
 CHECKS_VERSION = 1
@@ -66,8 +66,8 @@ def check_description(answer: str, finish_reason: Optional[str], template: Descr
         truncated = "cut" if cut else "kept"
     if len(description) > checks.max_chars:
         return DescriptionCheck(None, TOO_LONG, truncated)
-    prompt = _comparable(template.prompt_text(caption))
-    if prompt and (prompt in _comparable(words) or _comparable(words) in prompt):
+    prompt = comparable(template.prompt_text(caption))
+    if prompt and (prompt in comparable(words) or comparable(words) in prompt):
         return DescriptionCheck(None, COPY_OF_PROMPT, truncated)
     if len(description.split()) < checks.min_words:
         return DescriptionCheck(None, TOO_SHORT, truncated)
@@ -76,6 +76,6 @@ def check_description(answer: str, finish_reason: Optional[str], template: Descr
     data = description.encode("utf-8")
     compressible = len(description) >= _RULES.repetition_min_chars and \
         len(data) / len(zlib.compress(data)) > checks.max_compression_ratio
-    if compressible or _repeats(description, checks.max_consecutive_repeats):
+    if compressible or repeats(description, checks.max_consecutive_repeats):
         return DescriptionCheck(None, REPETITION, truncated)
     return DescriptionCheck(description, None, truncated)

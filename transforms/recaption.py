@@ -24,7 +24,7 @@ from schemas.records import STATUS_FAILED, ValidImage
 from transforms.description_checks import CHECKS_TAG
 from transforms.description_store import NAMESPACE, DescriptionParts, ReadDescriptions
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
-from transforms.translate import FAILURE_EXAMPLES, _Summarize
+from transforms.translate import FAILURE_EXAMPLES, Summarize
 from transforms.translate_batches import AnswerBatches, BatchMisses
 
 MISSES = "misses"
@@ -112,6 +112,6 @@ class Recaption(beam.PTransform):
         counts = (looked_up.hits, outcomes | "OutcomeCounts" >> beam.Map(_outcome_counts)) | "AllCounts" >> beam.Flatten()
         images_in = beam.pvalue.AsSingleton(images | "CountRead" >> beam.combiners.Count.Globally())
         summary = (counts
-                   | "Sum" >> beam.CombineGlobally(_Summarize())
+                   | "Sum" >> beam.CombineGlobally(Summarize())
                    | "Balance" >> beam.Map(_balance, images_in))
         return {"descriptions": outcomes | "Accepted" >> beam.FlatMap(_accepted), "summary": summary}

@@ -72,7 +72,7 @@ def _outcome_counts(outcome: TranslationOutcome) -> dict:
     return counts
 
 
-class _Summarize(beam.CombineFn):
+class Summarize(beam.CombineFn):
     """Count dicts -> one dict of per-key sums (keys sorted), plus FAILURE_EXAMPLES: for each failure
     reason, one example of its cause (the smallest, so the choice does not depend on bundling)."""
 
@@ -197,6 +197,6 @@ class TranslateTexts(beam.PTransform):
                     lambda r, reason=reason: {"requested": 1, reason: 1}))
                 missing.append(looked_up[tag] | f"{label}Missing" >> beam.Map(MissingTranslation, reason))
             missing = missing | "AllMissing" >> beam.Flatten()
-        summary = counts | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombineGlobally(_Summarize())
+        summary = counts | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombineGlobally(Summarize())
         return {"translations": translations | "AllTranslations" >> beam.Flatten(), "summary": summary,
                 "missing": missing}

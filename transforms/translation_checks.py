@@ -126,7 +126,8 @@ def clean_translation(output: str) -> str:
     return text
 
 
-def _comparable(text: str) -> str:
+def comparable(text: str) -> str:
+    """Lower-case letters and digits only: an echo of the input survives re-punctuation and spacing."""
     return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
@@ -188,7 +189,7 @@ def wrong_language(text: str, target: LanguageRules, rules: CheckRules = CheckRu
             and _objects(_langdetect(text), target.langdetect, rules))
 
 
-def _repeats(text: str, limit: int) -> bool:
+def repeats(text: str, limit: int) -> bool:
     """A word n-gram (n = 1..4) repeated `limit` times in a row: the classic decoding loop."""
     words = text.lower().split()
     for n in range(1, 5):
@@ -211,7 +212,7 @@ def check_translation(source: str, output: str, lang: str, rules: CheckRules = C
     if "\n" in text or "\r" in text:
         return CheckResult(None, MULTIPLE_LINES)
     text = normalize_text(text)
-    if _comparable(text) == _comparable(source):
+    if comparable(text) == comparable(source):
         return CheckResult(None, COPY_OF_SOURCE)
     if script_share(text, target.scripts) < rules.min_script_share:
         return CheckResult(None, WRONG_SCRIPT)
@@ -221,6 +222,6 @@ def check_translation(source: str, output: str, lang: str, rules: CheckRules = C
         return CheckResult(None, WRONG_LANGUAGE)
     compressible = len(text) >= rules.repetition_min_chars and \
         len(text.encode("utf-8")) / len(zlib.compress(text.encode("utf-8"))) > rules.max_compression_ratio
-    if compressible or _repeats(text, rules.max_consecutive_repeats):
+    if compressible or repeats(text, rules.max_consecutive_repeats):
         return CheckResult(None, REPETITION)
     return CheckResult(text, None)
