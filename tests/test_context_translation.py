@@ -20,7 +20,7 @@ from schemas.records import TranslationRequest, normalize_text, request_key, tex
 from tests.helpers import caption_parquet_source, read_store_rows, run_build, write_config
 from tests.test_translate_faults import PLAN, corpus, start_fault_server  # noqa: F401 (fixture)
 from tests.vllm_support import memorized_pairs, requests_received, serve, tiny_translator
-from transforms.translate import _outcome_counts, _Summarize
+from transforms.translate import Summarize, _outcome_counts
 from transforms.translate_batches import BatchMisses, TranslateBatches
 
 PLAIN = RequestTemplate(model="m")
@@ -77,7 +77,7 @@ def translate_requests(tmp: Path, requests: list[TranslationRequest], translator
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
         outcomes = (p | beam.Create(requests) | BatchMisses(store.fingerprint, translator.batch_size)
                     | beam.ParDo(TranslateBatches(store, translator)))
-        (outcomes | beam.Map(_outcome_counts) | beam.CombineGlobally(_Summarize())
+        (outcomes | beam.Map(_outcome_counts) | beam.CombineGlobally(Summarize())
          | "Summary" >> beam.Map(json.dumps) | "WriteSummary" >> beam.io.WriteToText(str(tmp / "summary"),
                                                                                     shard_name_template=""))
         (outcomes | beam.Map(lambda o: json.dumps([o.request.text_hash, o.request.lang, o.status, o.translation,
