@@ -6,6 +6,12 @@
     recaption: sources -> validation -> distinct images -> description store lookup -> VLM -> description store
                (`run` does this too when the config has a recaption section)
 
+With recaption.use_in_shards, or translator.context, build, run and translate join each valid image
+to its accepted description (transforms/image_descriptions.py: `run` takes what its recaption step
+found or wrote, the others read the description store); transforms/image_texts.py then says which
+English texts an image has (its captions, sent with the description as context; the description as a
+caption styled by sentences) and under which store key each is translated and looked up.
+
 With plan.translation_pairing `bitext`, the images' bytes validation read are also embedded and
 matched to the config's bitexts (transforms/bitext_pairs.py), and coverage takes the matches as a
 third input.
@@ -28,11 +34,12 @@ from schemas.layout import RECAPTION_STATS
 from schemas.records import Rejection, SourceRecord
 from transforms.atomic import join
 from transforms.bitext_pairs import PairBitexts
-from transforms.caption_styles import CaptionStyles
 from transforms.counting import sum_pairs
 from transforms.coverage import AssignCoverage
 from transforms.finalize import WriteRunMetadata, WriteTranslationStats
 from transforms.group_metrics import MeasuredCombinePerKey, MeasuredGroupByKey
+from transforms.image_descriptions import AttachDescriptions, StoredDescriptions
+from transforms.image_texts import ImageTexts
 from transforms.missing import GateOnMissing
 from transforms.run_folder import run_staging
 from transforms.shard_writer import WRITE_REJECTED, WriteShard
@@ -76,21 +83,32 @@ def read_inputs(p: beam.Pipeline, config: RunConfig, staging: Optional[str] = No
                            validated[IMAGE_BYTES] if image_bytes else None)
 
 
-def _translate(inputs: ValidatedInputs, config: RunConfig, translator: Optional[TranslatorConfig]) -> dict:
-    if config.translator is not None and config.translator.context:
-        # The seam: once the recaption stage stores descriptions, EnglishTexts pairs each caption with
-        # its image's description (TranslationRequest.context) and coverage looks translations up by
-        # records.request_key(caption, description).
-        raise ConfigError("translator.context", "is true, but the build has no contexts to send yet (the "
-                                                "recaption stage's descriptions); set it to false")
+def with_descriptions(images: beam.PCollection, config: RunConfig, described: Optional[beam.PCollection] = None
+                      ) -> tuple[beam.PCollection, Optional[beam.PCollection]]:
+    """The images, each with its accepted description where the build uses descriptions, and the
+    join's summary (None where it does not). `described`: (sha256, description) from `run`'s
+    recaption step; else the description store's, read without asking the VLM."""
+    if not config.uses_descriptions:
+        return images, None
+    if described is None:
+        recaption = config.recaption
+        described = images.pipeline | "StoredDescriptions" >> StoredDescriptions(recaption.store,
+                                                                                  recaption.request.fingerprint)
+    attached = (images, described) | "Descriptions" >> AttachDescriptions()
+    return attached["images"], attached["summary"]
+
+
+def _translate(images: beam.PCollection, config: RunConfig, translator: Optional[TranslatorConfig]) -> dict:
     if translator is not None:
-        check_dataflow_served(inputs.images.pipeline, translator)
-    plan = config.plan
-    # Each caption with the languages its image's split needs from the translator (bitext-paired
-    # languages only where they are caption references or captions).
-    texts = inputs.images | "EnglishTexts" >> beam.FlatMap(
-        lambda im: [(c, plan.translator_languages(plan.split_of(im.key, im.sha256))) for c in im.captions])
-    return texts | "Translations" >> TranslateTexts(config.store, translator, plan.translation_languages)
+        check_dataflow_served(images.pipeline, translator)
+    plan, texts = config.plan, ImageTexts.of(config)
+    # Each English text (captions, with their context; the description) with the languages its image's
+    # split needs from the translator (bitext-paired languages only where they are caption references
+    # or captions).
+    english = images | "EnglishTexts" >> beam.FlatMap(
+        lambda im: [(t.text, plan.translator_languages(plan.split_of(im.key, im.sha256)), t.context)
+                    for t in texts.of_image(im)])
+    return english | "Translations" >> TranslateTexts(config.store, translator, plan.translation_languages)
 
 
 def require_translator(config: RunConfig, command: str) -> TranslatorConfig:
@@ -118,17 +136,18 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     staging = run_staging(config.output, run_id)
     pair_bitexts = bool(config.plan.bitext_languages)
     inputs = read_inputs(p, config, staging, image_bytes=pair_bitexts)
-    recaption = None  # `run` describes the images too when the config has a recaption section
+    recaption, described = None, None  # `run` describes the images too when the config has a recaption section
     if translate and config.recaption is not None:
-        recaption = _recaption(inputs.images, config, run_id, remove_run=False)
-    translated = _translate(inputs, config, require_translator(config, "run") if translate else None)
+        recaption, described = _recaption(inputs.images, config, run_id, remove_run=False)
+    images, descriptions = with_descriptions(inputs.images, config, described)
+    translated = _translate(images, config, require_translator(config, "run") if translate else None)
     gate = {} if allow_missing else {
         "missing": translated["missing"] | "GateOnMissing" >> GateOnMissing(config.output, run_id)}
-    coverage_inputs = (inputs.images, translated["translations"])
+    coverage_inputs = (images, translated["translations"])
     if pair_bitexts:
         bitexts = inputs.image_bytes | "PairBitexts" >> PairBitexts(config.bitext, join(staging, "bitext"))
         coverage_inputs += (bitexts["matches"],)
-    planned = coverage_inputs | "Coverage" >> AssignCoverage(config.plan, CaptionStyles.of(config))
+    planned = coverage_inputs | "Coverage" >> AssignCoverage(config.plan, ImageTexts.of(config))
     written = (planned["members"]
                | "GroupShards" >> MeasuredGroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id), **gate).with_outputs(
@@ -137,7 +156,7 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     rejections = ((inputs.rejections, planned["duplicates"], written[WRITE_REJECTED])
                   | "WithDuplicates" >> beam.Flatten())
     return ((shards, inputs.read_counts, rejections, translated["summary"])
-            | "Finalize" >> WriteRunMetadata(config, run_id, gate, recaption))
+            | "Finalize" >> WriteRunMetadata(config, run_id, gate, recaption, descriptions))
 
 
 def require_recaption(config: RunConfig) -> RecaptionConfig:
@@ -149,23 +168,27 @@ def require_recaption(config: RunConfig) -> RecaptionConfig:
     return config.recaption
 
 
-def _recaption(images: beam.PCollection, config: RunConfig, run_id: str, remove_run: bool) -> beam.PCollection:
-    """Describe the images the store lacks; writes recaption_stats.json; returns the summary."""
+def _recaption(images: beam.PCollection, config: RunConfig, run_id: str,
+               remove_run: bool) -> tuple[beam.PCollection, beam.PCollection]:
+    """Describe the images the store lacks; writes recaption_stats.json; returns the summary, once
+    written, and (sha256, description) of every image with an accepted one."""
     from transforms.recaption import Recaption  # the HTTP client: only graphs that recaption need it
 
     recaption = require_recaption(config)
     check_dataflow_served(images.pipeline, recaption)
-    summary = (images | "Recaption" >> Recaption(recaption))["summary"]
-    return summary | "WriteRecaptionStats" >> beam.ParDo(
+    described = images | "Recaption" >> Recaption(recaption)
+    summary = described["summary"] | "WriteRecaptionStats" >> beam.ParDo(
         WriteTranslationStats(config.output, run_id, RECAPTION_STATS, remove_run))
+    return summary, described["descriptions"]
 
 
 def recaption_store(p: beam.Pipeline, config: RunConfig, run_id: str) -> beam.PCollection:
     """Fill the description store for every distinct image the sources hold; returns the summary."""
-    return _recaption(read_inputs(p, config).images, config, run_id, remove_run=True)
+    return _recaption(read_inputs(p, config).images, config, run_id, remove_run=True)[0]
 
 
 def translate_store(p: beam.Pipeline, config: RunConfig, run_id: str) -> beam.PCollection:
     """Fill the store for every caption the sources hold; returns the translation summary."""
-    translated = _translate(read_inputs(p, config), config, require_translator(config, "translate"))
+    images, _ = with_descriptions(read_inputs(p, config).images, config)
+    translated = _translate(images, config, require_translator(config, "translate"))
     return translated["summary"] | "WriteStats" >> beam.ParDo(WriteTranslationStats(config.output, run_id))

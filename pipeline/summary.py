@@ -62,6 +62,8 @@ def print_build_summary(stats: dict) -> None:
             print(f"{'':<6} missing_translation: {s['missing_translation']}")
     translation = stats.get("translation", {})  # failures and their causes: report_failures, on stderr
     print("translation:", json.dumps({k: v for k, v in translation.items() if k != FAILURE_EXAMPLES}))
+    if "descriptions" in stats:  # images without an accepted description go without one, counted
+        print("descriptions:", json.dumps(stats["descriptions"]))
 
 
 def report_missing(missing: dict, texts: str, command: str) -> None:

@@ -275,6 +275,10 @@ class RecaptionConfig(ServedModel):
     image_max_side: PositiveInt = 768  # resized to fit (never enlarged), sent as a JPEG data URL
     jpeg_quality: Annotated[int, Field(strict=True, ge=1, le=95), described("an integer from 1 to 95")] = 90
     checks: DescriptionChecks = DescriptionChecks()
+    # true: `build` and `run` add each image's accepted description to its sample as an English caption
+    # styled by sentences (<CAPTION>, <DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>), translated like
+    # its captions; false: the store is only filled (and read for translator.context).
+    use_in_shards: Bool = False
 
     SECTION: ClassVar[str] = "recaption"
 
@@ -318,11 +322,22 @@ class RunConfig:
             object.__setattr__(self, "store", StoreConfig(self.store.path, fingerprint))
         if self.recaption is not None and self.recaption.store is None:
             raise ConfigError("recaption.store", "is required: the folder of the description store")
+        if self.translator is not None and self.translator.context and self.recaption is None:
+            raise ConfigError("translator.context", "is true, but the config has no recaption section: the "
+                                                    "context of an image's captions is its description, read "
+                                                    "from recaption.store; add the section or set it to false")
         _refuse_overlaps(self.output, self.sources, self.store)
         if self.recaption is not None:
             _refuse_overlaps(self.output, (), StoreConfig(self.recaption.store), "recaption.store")
         check_bitext_plan(self.plan, self.bitext)
         return self
+
+    @property
+    def uses_descriptions(self) -> bool:
+        """Whether the build joins each image to its description: to put it in the shards, or to send
+        it as its captions' context."""
+        return self.recaption is not None and (
+            self.recaption.use_in_shards or (self.translator is not None and self.translator.context))
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, as written beside the shards."""

@@ -77,6 +77,9 @@ class ValidImage:
     height: int
     sha256: str
     captions: tuple[str, ...]
+    # Its accepted VLM description (the description store's, normalized), where the build uses
+    # descriptions (transforms/image_descriptions.py); None where it has none or the build uses none.
+    description: Optional[str] = None
 
 
 STATUS_FAILED = "failed"  # a translation that got no decided outcome: never stored, sent again later

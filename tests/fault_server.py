@@ -11,11 +11,12 @@ the time-weighted mean from the first one's start to the last one's end (GET /st
     python tests/fault_server.py --model NAME --port P --pairs pairs.jsonl
         [--fail-first N [--fail-status CODE]] [--hang-first N] [--die-after N] [--counter FILE] [--bodies FILE]
         [--bad-response garbage|empty_choices|content_not_text] [--answer-chars N] [--api-key KEY]
-        [--delay S] [--slow-health S] [--starts-file FILE] [--replies FILE]
+        [--delay S] [--slow-health S] [--starts-file FILE] [--replies FILE] [--answer-unknown]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -49,6 +50,11 @@ def main() -> None:
     parser.add_argument("--replies", default=None,
                         help="a JSON list of {content, finish_reason}: the n-th request gets reply n (cycling), "
                              "whatever it asks (the recaption stage's bad answers)")
+    parser.add_argument("--answer-unknown", action="store_true",
+                        help="answer a text the table lacks with the reference of the known text closest in length "
+                             "(a stand-in where no reference exists, e.g. a VLM's description), and a context "
+                             "request '{text} ### ({context})' in kind, keeping the structure, except where the "
+                             "text's sha256 starts with an odd digit: that answer loses its context")
     args = parser.parse_args()
     replies = json.load(open(args.replies, encoding="utf-8")) if args.replies else None
     if args.starts_file:
@@ -167,6 +173,8 @@ def main() -> None:
             language = re.search(r"into (\w+)\.", content).group(1)
             english = content.split("\n\n", 1)[1]
             answer = table.get((english, LANGUAGES.get(language)), english)  # unknown: echo (rejected)
+            if args.answer_unknown:
+                answer = answer_in_kind(english, LANGUAGES.get(language))
             if args.answer_chars:
                 sentence = "Ein brauner Hund läuft schnell über die grüne Wiese am Fluss. "
                 answer = (sentence * (args.answer_chars // len(sentence) + 1))[:args.answer_chars].strip()
@@ -178,6 +186,20 @@ def main() -> None:
             self._reply(200, {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": args.model,
                               "created": 0, "choices": choices,
                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    def closest(text: str, lang: str) -> str:
+        """The table's answer for `text`, else the reference of its known text closest in length."""
+        known = sorted((abs(len(en) - len(text)), en) for en, l in table if l == lang)
+        return table.get((text, lang)) or table[(known[0][1], lang)]
+
+    def answer_in_kind(english: str, lang: str) -> str:
+        with_context = re.fullmatch(r"(.*?) ### \((.*)\)", english, re.S)
+        if with_context is None:
+            return closest(english, lang)
+        text, context = with_context.groups()
+        if int(hashlib.sha256(text.encode("utf-8")).hexdigest()[0], 16) % 2:
+            return closest(text, lang)  # the context is lost: the client asks again without it
+        return f"{closest(text, lang)} ### ({closest(context, lang)})"
 
     class Server(ThreadingHTTPServer):
         request_queue_size = 256  # the default backlog of 5 refuses bursts, which the client counts as sent

@@ -63,10 +63,12 @@ def test_the_context_is_part_of_the_store_key():
     assert len(keys) == 4
 
 
-def test_a_build_with_contexts_is_refused_until_it_has_contexts_to_send(tmp_path):
+def test_contexts_without_a_recaption_section_are_refused(tmp_path):
+    """The context of an image's captions is its description: without a description store there is
+    none to send, so the config is refused, naming the field."""
     config = write_config(tmp_path, [caption_parquet_source(tmp_path, [["a caption long enough to be kept"]])],
                           PLAN, translator={"model": "m", "endpoints": ["http://127.0.0.1:9/v1"], "context": True})
-    with pytest.raises(ConfigError, match="translator.context"):
+    with pytest.raises(ConfigError, match="translator.context: is true, but the config has no recaption section"):
         run_build(config)
 
 

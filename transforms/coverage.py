@@ -30,9 +30,10 @@ from schemas.coverage import OWN_CAPTION, CoveragePlan
 from schemas.records import SPLIT_EVAL, TASK_CAPTION, TASK_TRANSLATION, ImageRef, ValidImage, text_hash
 from schemas.sample import CAPTION_HASHES, Annotation, encode_sample_json, task_language
 from transforms.bitext_pairs import BitextMatch, BitextsByBucket, bitext_annotations
-from transforms.caption_styles import CaptionStyles, caption_annotations
+from transforms.caption_styles import caption_annotations
 from transforms.dedup import DUPLICATES, KeepOnePerContent, keep_first, key_rank
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
+from transforms.image_texts import ImageTexts
 from transforms.sharding import Bucket, BucketBits, BucketOffsets, bucket_of, shard_position
 
 
@@ -69,32 +70,33 @@ def plan_annotations(image: ValidImage, split: str, plan: CoveragePlan,
                      translations: Mapping[str, Mapping[str, str]],
                      donor: Optional[ValidImage] = None,
                      bitexts: Sequence[BitextMatch] = (),
-                     styles: CaptionStyles = CaptionStyles()) -> tuple[list[Annotation], Counter]:
-    """Annotations of one image, in (caption index, task, plan language order, caption style), then the
-    other_image languages' translations of its donor's captions (donor caption index, plan language
-    order), then the bitext languages' matched bitexts; and what is missing (for an image without a
-    donor, one translation per own caption; a caption of a styled source counts once per language,
-    however many styles it would yield)."""
+                     texts: ImageTexts = ImageTexts()) -> tuple[list[Annotation], Counter]:
+    """Annotations of one image, in (caption index, task, plan language order, caption style) over its
+    captions then its description (`texts`: ImageTexts.of_image), then the other_image languages'
+    translations of its donor's captions (donor caption index, plan language order), then the bitext
+    languages' matched bitexts; and what is missing (for an image without a donor, one translation
+    per own caption; a caption of a styled source counts once per language, however many styles it
+    would yield)."""
     caption_langs = plan.languages if split == SPLIT_EVAL else plan.caption_languages
     caption_langs = [l for l in plan.languages if l in caption_langs]
     own_langs = [l for l in plan.translation_languages if plan.pairing_of(l) == OWN_CAPTION]
     annotations: list[Annotation] = []
     missing: Counter = Counter()
-    for caption in image.captions:
-        found = translations.get(text_hash(caption), {})
-        caption_styles = styles.styles_of(image.source, caption)
+    for english in texts.of_image(image):
+        found = translations.get(english.key, {})
         for lang in caption_langs:
-            target = caption if lang == plan.source_language else found.get(lang)
+            target = english.text if lang == plan.source_language else found.get(lang)
             if target is None:
                 missing[task_language(TASK_CAPTION, lang)] += 1
             else:
-                annotations += caption_annotations(target, lang, caption_styles)
-        annotations += _translations(caption, found, own_langs, missing)
+                annotations += caption_annotations(target, lang, english.styles)
+        annotations += _translations(english.text, found, own_langs, missing)
     paired_langs = plan.other_image_languages
     if paired_langs and donor is None:
         missing.update({task_language(TASK_TRANSLATION, l): len(image.captions) for l in paired_langs})
     for caption in donor.captions if donor is not None else ():
-        annotations += _translations(caption, translations.get(text_hash(caption), {}), paired_langs, missing)
+        annotations += _translations(caption, translations.get(texts.caption(donor, caption).key, {}), paired_langs,
+                                     missing)
     annotations += bitext_annotations(image, bitexts, plan, missing)
     return annotations, missing
 
@@ -110,8 +112,8 @@ def _translations(caption: str, found: Mapping[str, str], langs: Iterable[str], 
     return annotations
 
 
-def pair_donors(ring: Sequence[ValidImage], plan: CoveragePlan,
-                translations: Mapping[str, Mapping[str, str]]) -> list[Optional[ValidImage]]:
+def pair_donors(ring: Sequence[ValidImage], plan: CoveragePlan, translations: Mapping[str, Mapping[str, str]],
+                texts: ImageTexts = ImageTexts()) -> list[Optional[ValidImage]]:
     """Each image's donor for the other_image languages: the next image of `ring` (wrapping around)
     that shares nothing with it — no caption text, no translation into those languages — so no
     target it gets can be its own description; None where no other image qualifies. In a ring
@@ -123,7 +125,7 @@ def pair_donors(ring: Sequence[ValidImage], plan: CoveragePlan,
     def traits(image: ValidImage) -> set[tuple[str, str]]:
         own = set()
         for caption in image.captions:
-            found = translations.get(text_hash(caption), {})
+            found = translations.get(texts.caption(image, caption).key, {})
             own.add(("", text_hash(caption)))
             own.update((lang, found[lang]) for lang in langs if lang in found)
         return own
@@ -136,11 +138,11 @@ def pair_donors(ring: Sequence[ValidImage], plan: CoveragePlan,
 
 def shard_member(image: ValidImage, split: str, plan: CoveragePlan,
                  translations: Mapping[str, Mapping[str, str]], donor: Optional[ValidImage] = None,
-                 bitexts: Sequence[BitextMatch] = (), styles: CaptionStyles = CaptionStyles()) -> ShardMember:
+                 bitexts: Sequence[BitextMatch] = (), texts: ImageTexts = ImageTexts()) -> ShardMember:
     """The image's sample; where the plan pairs other images, its JSON also lists the text hashes of
     the image's own captions (`caption_hashes`), so that `verify` can tell that no paired
     translation translates one of them."""
-    annotations, missing = plan_annotations(image, split, plan, translations, donor, bitexts, styles)
+    annotations, missing = plan_annotations(image, split, plan, translations, donor, bitexts, texts)
     for task_lang, n in missing.items():
         beam.metrics.Metrics.counter("coverage", f"missing_{task_lang}").inc(n)
     counts = Counter(task_language(a.task, a.lang) for a in annotations)
@@ -154,11 +156,11 @@ def shard_member(image: ValidImage, split: str, plan: CoveragePlan,
     return dataclasses.replace(member, body=zlib.compress(body, 1))
 
 
-def _uses(image: ValidImage, plan: CoveragePlan, bits: int) -> Iterator[tuple[str, int]]:
-    """(text_hash, bucket) per distinct caption: where the caption's translations must go."""
+def _uses(image: ValidImage, plan: CoveragePlan, bits: int, texts: ImageTexts) -> Iterator[tuple[str, int]]:
+    """(request key, bucket) per distinct text of the image: where the text's translations must go."""
     bucket = bucket_of(plan, image.key, bits)
-    for h in sorted({text_hash(c) for c in image.captions}):
-        yield h, bucket
+    for key in sorted({english.key for english in texts.of_image(image)}):
+        yield key, bucket
 
 
 class _BucketSet(beam.CombineFn):
@@ -195,9 +197,9 @@ class _PlanBucket(beam.DoFn):
     per unique key, ranked within its split by (order, key); duplicate keys to `duplicates`. The
     images of one split, in that order, are the ring that `pair_donors` pairs them in."""
 
-    def __init__(self, plan: CoveragePlan, styles: CaptionStyles):
+    def __init__(self, plan: CoveragePlan, texts: ImageTexts):
         self.plan = plan
-        self.styles = styles
+        self.texts = texts
 
     def process(self, item: tuple[int, dict], offsets: Mapping[Bucket, int]) -> Iterator:
         bucket, grouped = item
@@ -214,12 +216,12 @@ class _PlanBucket(beam.DoFn):
             rings.setdefault(self.plan.split_of(key, image.sha256), []).append(image)
         paired = self.plan.other_image_languages
         for split, ring in sorted(rings.items()):
-            donors = pair_donors(ring, self.plan, translations) if paired else [None] * len(ring)
+            donors = pair_donors(ring, self.plan, translations, self.texts) if paired else [None] * len(ring)
             for i, (image, donor) in enumerate(zip(ring, donors)):
                 shard, position = shard_position(offsets[(split, bucket)] + i, self.plan.shard_size)
                 yield (split, shard), (position, shard_member(image, split, self.plan, translations, donor,
                                                               bitexts.get((image.key, image.sha256), ()),
-                                                              self.styles))
+                                                              self.texts))
 
 
 class AssignCoverage(beam.PTransform):
@@ -233,10 +235,10 @@ class AssignCoverage(beam.PTransform):
     through a join on text hash: the buckets that use a text (combined before the shuffle) meet its
     store entries, and each such bucket gets the text's translations once."""
 
-    def __init__(self, plan: CoveragePlan, styles: CaptionStyles = CaptionStyles()):
+    def __init__(self, plan: CoveragePlan, texts: ImageTexts = ImageTexts()):
         super().__init__()
         self.plan = plan
-        self.styles = styles
+        self.texts = texts
 
     def expand(self, inputs: tuple):
         all_images, store, *matches = inputs
@@ -245,7 +247,7 @@ class AssignCoverage(beam.PTransform):
         images = unique["images"]
         bits = images | "BucketBits" >> BucketBits(plan)
         buckets = (images
-                   | "CaptionUses" >> beam.FlatMap(_uses, plan=plan, bits=bits)
+                   | "CaptionUses" >> beam.FlatMap(_uses, plan=plan, bits=bits, texts=self.texts)
                    | "TextBuckets" >> MeasuredCombinePerKey(_BucketSet()))
         translations = ({"buckets": buckets, "store": store}
                         | "JoinStore" >> MeasuredCoGroupByKey()
@@ -258,7 +260,7 @@ class AssignCoverage(beam.PTransform):
             groups["bitexts"] = (images, matches[0]) | "BitextsByBucket" >> BitextsByBucket(plan, bits)
         planned = (groups
                    | "JoinBuckets" >> MeasuredCoGroupByKey()
-                   | "PlanBuckets" >> beam.ParDo(_PlanBucket(plan, self.styles), offsets=offsets).with_outputs(
+                   | "PlanBuckets" >> beam.ParDo(_PlanBucket(plan, self.texts), offsets=offsets).with_outputs(
                        DUPLICATES, main="members"))
         duplicates = (unique["duplicates"], planned[DUPLICATES]) | "AllDuplicates" >> beam.Flatten()
         return {"members": planned.members, "duplicates": duplicates}

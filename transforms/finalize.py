@@ -99,7 +99,8 @@ class _Finalize(beam.DoFn):
         self.config, self.run_id = config, run_id
 
     def process(self, _, shards: list[ShardResult], read: dict, rejects: list[tuple],
-                translation: dict, missing: int = 0, recaption: Optional[dict] = None) -> Iterator[dict]:
+                translation: dict, missing: int = 0, recaption: Optional[dict] = None,
+                descriptions: Optional[dict] = None) -> Iterator[dict]:
         if missing:
             return
         out, tmp = self.config.output, run_tmp(self.config.output, self.run_id)
@@ -117,6 +118,8 @@ class _Finalize(beam.DoFn):
         stats["translation"] = translation
         if recaption is not None:  # `run` with a recaption section: its summary, already in recaption_stats.json
             stats["recaption"] = recaption
+        if descriptions is not None:  # the build used descriptions: how many images had one
+            stats["descriptions"] = descriptions
         write_bytes_atomic(join(out, STATS), _json_bytes(stats), tmp)
         config_text = yaml.safe_dump(self.config.to_dict(), sort_keys=True, allow_unicode=True)
         write_bytes_atomic(join(out, CONFIG_COPY), config_text.encode("utf-8"), tmp)
@@ -145,14 +148,15 @@ class WriteRunMetadata(beam.PTransform):
     yields stats."""
 
     def __init__(self, config: RunConfig, run_id: str, gate: Optional[dict] = None,
-                 recaption: Optional[beam.PCollection] = None):
+                 recaption: Optional[beam.PCollection] = None, descriptions: Optional[beam.PCollection] = None):
         """`gate`: {"missing": side input}, when the build must stop on missing translations;
         `recaption`: the recaption summary, once written (finalize waits for it: the run folder it
-        used goes with finalize)."""
+        used goes with finalize); `descriptions`: the summary of joining images to descriptions."""
         super().__init__()
         self.config, self.run_id = config, run_id
         self.gate = gate or {}
-        self.recaption = recaption
+        self.summaries = {name: pc for name, pc in (("recaption", recaption), ("descriptions", descriptions))
+                          if pc is not None}
 
     def expand(self, inputs: tuple):
         shards, read_counts, rejections, translation = inputs
@@ -164,5 +168,4 @@ class WriteRunMetadata(beam.PTransform):
                                            read=beam.pvalue.AsDict(read_counts),
                                            rejects=beam.pvalue.AsList(reject_summary),
                                            translation=beam.pvalue.AsSingleton(translation), **self.gate,
-                                           **({} if self.recaption is None else
-                                              {"recaption": beam.pvalue.AsSingleton(self.recaption)})))
+                                           **{name: beam.pvalue.AsSingleton(pc) for name, pc in self.summaries.items()}))

@@ -28,6 +28,7 @@ from transforms.translate import FAILURE_EXAMPLES, Summarize
 from transforms.translate_batches import AnswerBatches, BatchMisses
 
 MISSES = "misses"
+STORED = "stored"  # (sha256, description) of the needed images the store holds accepted
 STATUS_COUNTS = {STATUS_ACCEPTED: "described", "rejected": "rejected", STATUS_FAILED: "failed"}
 
 
@@ -42,7 +43,8 @@ def _first(requests) -> DescriptionRequest:
 
 
 def _classify(item: tuple[str, dict]) -> Iterator:
-    """A needed image with a stored verdict: counted (main output); without one: a miss."""
+    """A needed image with a stored verdict: counted (main output), and its description (STORED) when
+    accepted; without one: a miss."""
     sha, grouped = item
     requests = list(grouped["need"])
     if not requests:
@@ -51,6 +53,8 @@ def _classify(item: tuple[str, dict]) -> Iterator:
     if entries:
         status = entries[0].status
         yield {"images": 1, STATUS_COUNTS[status]: 1, "cache_hits": 1, f"cache_hits_{status}": 1}
+        if status == STATUS_ACCEPTED:
+            yield beam.pvalue.TaggedOutput(STORED, (sha, entries[0].description))
     else:
         yield beam.pvalue.TaggedOutput(MISSES, requests[0])
 
@@ -85,7 +89,8 @@ def _accepted(item) -> Iterator[tuple[str, str]]:
 
 
 class Recaption(beam.PTransform):
-    """ValidImages -> {"descriptions": (image sha256, description) asked now and accepted, "summary":
+    """ValidImages -> {"descriptions": (image sha256, description) accepted, stored or asked now, one
+    per distinct image; "summary":
     one dict: images_read, images (distinct), described, rejected, failed (with _<reason> each),
     cache_hits, requested, sent, hit_max_tokens, balanced, and FAILURE_EXAMPLES when requests failed}."""
 
@@ -102,7 +107,7 @@ class Recaption(beam.PTransform):
         stored = images.pipeline | "ReadDescriptions" >> ReadDescriptions(config.store, fingerprint)
         looked_up = ({"need": needed, "store": stored}
                      | "Lookup" >> MeasuredCoGroupByKey()
-                     | "Classify" >> beam.FlatMap(_classify).with_outputs(MISSES, main="hits"))
+                     | "Classify" >> beam.FlatMap(_classify).with_outputs(MISSES, STORED, main="hits"))
         answer = beam.ParDo(AnswerBatches(DescriptionParts(config.store, fingerprint), config))
         if config.managed is not None and config.accelerator:  # only this step on GPU workers (Dataflow)
             answer = answer.with_resource_hints(accelerator=config.accelerator)
@@ -114,4 +119,6 @@ class Recaption(beam.PTransform):
         summary = (counts
                    | "Sum" >> beam.CombineGlobally(Summarize())
                    | "Balance" >> beam.Map(_balance, images_in))
-        return {"descriptions": outcomes | "Accepted" >> beam.FlatMap(_accepted), "summary": summary}
+        descriptions = ((looked_up[STORED], outcomes | "Accepted" >> beam.FlatMap(_accepted))
+                        | "AllDescriptions" >> beam.Flatten())
+        return {"descriptions": descriptions, "summary": summary}

@@ -22,7 +22,7 @@ import apache_beam as beam
 
 from schemas.arrow import STATUS_ACCEPTED
 from schemas.config import StoreConfig, TranslatorConfig
-from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest, text_hash
+from schemas.records import STATUS_FAILED, TranslationOutcome, TranslationRequest, request_key
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredCombinePerKey
 from transforms.missing import NOT_IN_STORE, STALE_VERDICT, MissingTranslation
 from transforms.translation_store import ReadStoreEntries, StoreEntry
@@ -43,7 +43,8 @@ def _classify(item: tuple[tuple[str, str], dict], retry_rejected: bool) -> Itera
         return  # stored, but not needed by this run
     entries: list[StoreEntry] = list(grouped["store"])
     entry = entries[0] if entries else None
-    request = TranslationRequest(hash_, lang, texts[0])
+    text, context = texts[0]
+    request = TranslationRequest(hash_, lang, text, context)
     if entry is not None and entry.stale:
         yield beam.pvalue.TaggedOutput(STALE, request)
     elif entry is not None and (entry.status == STATUS_ACCEPTED or not retry_rejected):
@@ -104,25 +105,35 @@ class Summarize(beam.CombineFn):
 
 
 class _UniqueText(beam.CombineFn):
-    """(text, languages) of one text hash -> (the smallest spelling, every language asked for it), so
-    a text used where it needs fewer languages and where it needs more is requested once per language."""
+    """(text, context, languages) of one request key -> ((text, context): the smallest spelling,
+    every language asked for it), so a text used where it needs fewer languages and where it needs
+    more is requested once per language."""
 
-    def create_accumulator(self) -> tuple[Optional[str], frozenset]:
+    def create_accumulator(self) -> tuple[Optional[tuple], frozenset]:
         return None, frozenset()
 
-    def add_input(self, acc: tuple, element: tuple[str, tuple[str, ...]]) -> tuple:
-        text, langs = element
-        return (text if acc[0] is None else min(acc[0], text)), acc[1] | frozenset(langs)
+    def add_input(self, acc: tuple, element: tuple) -> tuple:
+        text, context, langs = element
+        return ((text, context) if acc[0] is None else min(acc[0], (text, context))), acc[1] | frozenset(langs)
 
     def merge_accumulators(self, accs: Iterable[tuple]) -> tuple:
         merged = self.create_accumulator()
         for text, langs in accs:
             if text is not None:
-                merged = self.add_input(merged, (text, langs))
+                merged = self.add_input(merged, (*text, langs))
         return merged
 
-    def extract_output(self, acc: tuple) -> tuple[Optional[str], frozenset]:
+    def extract_output(self, acc: tuple) -> tuple[Optional[tuple], frozenset]:
         return acc
+
+
+def _keyed(text: str | tuple, languages: tuple[str, ...]) -> tuple[str, tuple]:
+    """(request key, (text, context, languages)) of a text alone (into every language), of (text, its
+    languages), or of (text, its languages, its context)."""
+    if isinstance(text, str):
+        return request_key(text), (text, None, languages)
+    text, langs, context = (*text, None)[:3]
+    return request_key(text, context), (text, context, langs)
 
 
 def _accepted_new(outcome: TranslationOutcome) -> Iterator[tuple[str, tuple[str, str]]]:
@@ -145,7 +156,9 @@ def _with_accelerator(transform: beam.PTransform, translator: TranslatorConfig) 
 
 
 class TranslateTexts(beam.PTransform):
-    """Normalized English texts, each alone (into every language) or as (text, its languages) -> {"translations": (text_hash, (lang, translation)) accepted, from
+    """Normalized English texts, each alone (into every language), as (text, its languages) or as (text,
+    its languages, its context: sent with it, schemas/prompts.py) -> {"translations": (request key
+    (records.request_key), (lang, translation)) accepted, from
     the store or new; "summary": one dict of counts (requested, cache hits, rejudged_on_read: hits
     whose verdict of older checks was judged again, stale_verdict: stored verdicts that could not be,
     translated, accepted, rejected_<reason>, failed_<reason>, retried) with FAILURE_EXAMPLES when
@@ -161,8 +174,7 @@ class TranslateTexts(beam.PTransform):
     def expand(self, texts):
         languages = self.languages
         needed = (texts
-                  | "Hash" >> beam.Map(lambda t: (text_hash(t), (t, languages)) if isinstance(t, str)
-                                       else (text_hash(t[0]), t))
+                  | "Hash" >> beam.Map(_keyed, languages)
                   | "Unique" >> MeasuredCombinePerKey(_UniqueText())
                   | "PerLanguage" >> beam.FlatMap(lambda kv: [((kv[0], lang), kv[1][0]) for lang in languages
                                                              if lang in kv[1][1]]))
