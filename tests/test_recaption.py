@@ -6,10 +6,7 @@ are not stored and are sent again; every distinct image is described, rejected o
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -17,10 +14,10 @@ import pytest
 import yaml
 
 from tests.helpers import COCO_SAMPLE, require_coco_sample
-from tests.vllm_support import free_port, requests_received, serve
+from tests.test_translate_faults import start_fault_server as start_server
+from tests.vllm_support import requests_received, serve
 from tests.vlm_support import VLM_SERVER_ARGS, hf_answer, tiny_vlm
 
-FAULT_SERVER = str(Path(__file__).with_name("fault_server.py"))
 PLAN = {"languages": ["en", "de"], "caption_languages": ["en", "de"], "translation_languages": ["de"],
         "eval_fraction": 0.0, "seed": 0, "shard_size": 16}
 IMAGES = 8  # distinct COCO images in the test source; the first is listed twice (another id)
@@ -115,18 +112,9 @@ def test_recaption_describes_each_image_once_and_a_rerun_sends_nothing(tmp_path,
 
 
 def start_fault_server(tmp: Path, *faults: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    """The fault-injecting server with no memorized pairs (its answers come from --replies)."""
     (tmp / "pairs.jsonl").write_text("")
-    proc = subprocess.Popen([sys.executable, FAULT_SERVER, "--model", "fault", "--port", str(port),
-                             "--pairs", str(tmp / "pairs.jsonl"), "--counter", str(tmp / "counter"), *faults])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("fault server did not start")
+    return start_server(tmp / "pairs.jsonl", tmp / "counter", *faults)
 
 
 REPLIES = [
