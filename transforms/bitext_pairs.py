@@ -27,7 +27,6 @@ from schemas.records import TASK_TRANSLATION, ValidImage
 from schemas.sample import Annotation, task_language
 from transforms.bitext_match import IMAGES, TEXTS, MatchBitexts
 from transforms.bitext_source import ReadBitexts
-from transforms.embeddings import Embed
 from transforms.group_metrics import MeasuredCoGroupByKey, MeasuredGroupByKey
 from transforms.sharding import bucket_of
 
@@ -72,6 +71,10 @@ class PairBitexts(beam.PTransform):
         self.config, self.staging = config, staging
 
     def expand(self, image_bytes):
+        # Here, not at the top: Beam's RunInference module imports torch (~500 MB of RSS), which every
+        # build would pay through transforms/coverage.py's import of this module.
+        from transforms.embeddings import Embed
+
         config = self.config
         read = image_bytes.pipeline | "ReadBitexts" >> ReadBitexts(config.source)
         bitexts = read["bitexts"]
