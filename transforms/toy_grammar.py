@@ -170,7 +170,7 @@ def _forms(lang: str) -> dict[str, dict[str, set[str]]]:
             "place": {v: {places[v].lower().rstrip("'")} for v in (*POSITIONS, *RELATIONS)}}
 
 
-def _words(text: str, lang: str) -> list[str]:
+def _words(text: str) -> list[str]:
     return re.findall(r"[\w-]+", text.lower().replace("'", " "))
 
 
@@ -191,11 +191,11 @@ def read_attributes(text: str, lang: str) -> dict:
                 for spelling in spellings:
                     found[kind] += [(m.start(), value) for m in re.finditer(re.escape(spelling), text)]
     else:
-        words = _words(text, lang)
+        words = _words(text)
         for kind, values in forms.items():
             for value, spellings in values.items():
                 for spelling in spellings:
-                    target = _words(spelling, lang)
+                    target = _words(spelling)
                     found[kind] += [(i, value) for i in range(len(words)) if words[i:i + len(target)] == target]
     for kind in ("shape", "colour", "size"):
         found[kind].sort()
@@ -238,7 +238,7 @@ def _vocabulary(lang: str) -> frozenset[str]:
     if lang not in _VOCABULARY:
         from transforms.toy_scenes import every_scene
 
-        _VOCABULARY[lang] = frozenset(word for scene in every_scene() for word in _words(caption(scene, lang), lang))
+        _VOCABULARY[lang] = frozenset(word for scene in every_scene() for word in _words(caption(scene, lang)))
     return _VOCABULARY[lang]
 
 
@@ -253,7 +253,7 @@ def language_of(text: str) -> Optional[str]:
     the grammar's own sentences, and what the study uses to tell which language a model answered in."""
     if _cjk_share(text) > 0.5:
         return "zh"
-    words = _words(text, "en")
+    words = _words(text)
     if not words:
         return None
     shares = {lang: sum(w in _vocabulary(lang) for w in words) / len(words) for lang in LANGUAGES if lang != "zh"}
