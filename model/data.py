@@ -26,11 +26,10 @@ from torchvision import transforms
 
 from model.prompts import DECODER_START_BOS, DECODER_START_OFFICIAL, DECODER_STARTS, decoder_prefix, encoder_prompt
 from model.modeling import IGNORE_INDEX
+from model.pixels import IMAGENET_MEAN, IMAGENET_STD
 from schemas.layout import IMAGE_EXTENSIONS, JSON_EXTENSION, STATS, index_entries, index_name
 from schemas.sample import Annotation, decode_sample_json, task_language
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 

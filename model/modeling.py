@@ -18,6 +18,7 @@ from transformers import Florence2ForConditionalGeneration, Gemma2ForCausalLM
 from transformers.models.bart.modeling_bart import BartScaledWordEmbedding
 
 from model.configuration import DECODER_BART, PAPER_PARTS, PARTS, FlorenzConfig
+from model.pixels import normalized
 from model.cross_attention import ENCODER_MASK, ENCODER_STATES, add_cross_attention
 from model.toy_vision import DAVIT, VISION_TOWERS, PatchStem
 
@@ -65,8 +66,9 @@ class FlorenzModel(nn.Module):
     # -- forward -------------------------------------------------------------------------------------
     def encode(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states over [image features; prompt tokens], and their mask."""
-        image = self.projector(self.vision_tower(pixel_values).last_hidden_state)
+        """Encoder states over [image features; prompt tokens], and their mask. `pixel_values` uint8
+        (normalized here, on the model's device) or already-normalized floats."""
+        image = self.projector(self.vision_tower(normalized(pixel_values)).last_hidden_state)
         text = self.encoder.embed_tokens(input_ids)
         embeds = torch.cat([image.to(text.dtype), text], dim=1)
         mask = torch.cat([attention_mask.new_ones(image.shape[:2]), attention_mask], dim=1)
