@@ -23,11 +23,12 @@ PRETRAINED = {  # size -> (Florence-2 checkpoint, Gemma-2 checkpoint or None)
 
 
 def _florence(vision_dims: list[int], vision_heads: list[int], depths: list[int], d_model: int, layers: int,
-              heads: int, ffn: int, vocab: int = FLORENCE2_VOCAB) -> Florence2Config:
+              heads: int, ffn: int, vocab: int = FLORENCE2_VOCAB, init_std: float = 0.02) -> Florence2Config:
     vision = {"embed_dim": vision_dims, "num_heads": vision_heads, "num_groups": vision_heads, "depths": depths,
               "projection_dim": d_model}
     text = {"d_model": d_model, "encoder_layers": layers, "decoder_layers": layers, "encoder_attention_heads": heads,
-            "decoder_attention_heads": heads, "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn, "vocab_size": vocab}
+            "decoder_attention_heads": heads, "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn, "vocab_size": vocab,
+            "init_std": init_std}
     return Florence2Config(vision_config=vision, text_config=text, image_token_id=vocab - 1)
 
 
@@ -52,8 +53,14 @@ def tiny_florence(encoder_vocab: int) -> Florence2Config:
 
 def _toy(d_model: int, layers: int, heads: int, ffn: int):
     """A toy-world size: Florence-2-shaped encoder and decoder trained from scratch, whose vision tower
-    is the patch stem (model/toy_vision.py), so its DaViT dims only set the stem's widths."""
-    return lambda enc, dec: (_florence([d_model] * 4, [1] * 4, [1] * 4, d_model, layers, heads, ffn, vocab=enc), None)
+    is the patch stem (model/toy_vision.py), so its DaViT dims only set the stem's widths.
+
+    Weights start at std d_model^-0.5 (fan-in), not BART's 0.02: at d_model 48-160 the 0.02 init leaves the
+    decoder's cross-attention adding ~2 % to its residual stream, the decoder learns the captions' marginal
+    distribution first and the image's gradient then vanishes (stem gradient ~1e-6; loss with shuffled images
+    equal to the right ones after 800 steps). With fan-in init toy-s grounds within 100 steps."""
+    return lambda enc, dec: (_florence([d_model] * 4, [1] * 4, [1] * 4, d_model, layers, heads, ffn, vocab=enc,
+                                       init_std=d_model ** -0.5), None)
 
 
 _TOY_SIZES = {"toy-s": _toy(48, 1, 2, 96), "toy-m": _toy(96, 2, 4, 192), "toy-l": _toy(160, 3, 4, 320)}

@@ -149,24 +149,29 @@ def test_the_language_of_a_caption_is_read_from_the_grammars_vocabulary():
     assert language_of("") is None
 
 
-def test_the_study_runs_end_to_end_and_a_language_without_data_is_never_answered(tmp_path):
+def test_the_study_runs_end_to_end_answers_a_language_only_its_data_teaches_and_uses_the_image(tmp_path):
     """The CI-sized study: 2 arms x 1 size x 1 budget x 1 seed through toy-world, import-translations,
-    build + verify, florenz-sweep and the toy metrics. Asserted only what is certain at 30 steps: with
-    no Russian data at all, no caption asked in Russian comes out in Russian."""
+    build + verify, florenz-sweep and the toy metrics. Asserted is what 500 steps of toy-s settle (measured:
+    31 % of the Russian captions in Russian with translation data, seen grounding gaps 0.54 / 0.66): with no
+    Russian data at all no caption asked in Russian comes out in Russian; with only Russian translation
+    data some do; and the seen languages' captions depend on the image (loss with shuffled images higher)."""
     out = tmp_path / "study"
     done = subprocess.run([sys.executable, str(REPO / "experiments" / "toy_emergence.py"), "--out", str(out),
-                           "--scenes", "600", "--held-out", "ru", "--arms", "other_image,no_translation",
-                           "--sizes", "toy-s", "--steps", "30", "--seeds", "0", "--eval-images", "16",
-                           "--eval-fraction", "0.1"], capture_output=True, text=True, timeout=1500)
+                           "--scenes", "1000", "--held-out", "ru", "--arms", "other_image,no_translation",
+                           "--sizes", "toy-s", "--steps", "500", "--seeds", "0", "--eval-images", "16",
+                           "--eval-fraction", "0.1"], capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     study = json.loads((out / "study.json").read_text())
     rows = {row["split"]: row for row in study["rows"]}
     assert set(rows) == {"other_image", "no_translation"}
     assert rows["no_translation"]["target_language_share/ru"] == 0.0
-    assert rows["other_image"]["seed"] == 0 and rows["other_image"]["steps"] == 30
+    assert rows["other_image"]["target_language_share/ru"] > 0.0
+    for row in rows.values():
+        assert row["grounding_gap/en"] > 0.1 and row["grounding_gap/de"] > 0.1, row
+    assert rows["other_image"]["seed"] == 0 and rows["other_image"]["steps"] == 500
     for row in rows.values():  # every metric measured, per language
         for name in ("loss", "grounding_gap", "chrf", "attribute_accuracy"):
             assert all(isinstance(row[f"{name}/{lang}"], float) for lang in ("en", "de", "ru"))
-    assert (out / "study.md").read_text().count("| toy-s | 30 |") == 2
+    assert (out / "study.md").read_text().count("| toy-s | 500 |") == 2
     assert (out / "study.png").stat().st_size > 0
     assert set(json.loads((out / "fits.json").read_text())) == {"other_image", "no_translation"}
