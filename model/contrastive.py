@@ -27,11 +27,12 @@ from typing import Optional
 import torch
 from PIL import Image
 
-from model.data import Collator, Example, to_rgb
+from model.data import Collator, Example
 from model.eval_loss import batched, sample_losses
 from schemas.languages import LANGUAGE_NAMES
 from schemas.records import TASK_TRANSLATION
 from schemas.sample import Annotation
+from transforms.image_pixels import to_rgb
 
 FIELDS = ("image", "source", "correct", "incorrect", "lang")
 

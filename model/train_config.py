@@ -57,12 +57,20 @@ def _checkpoint_folder(init: str, info: ValidationInfo) -> str:
     return init if init in ("random", "pretrained") else resolve_path(init, info)
 
 
+def loader_cores() -> int:
+    """The cores this process may run on (its CPU affinity), shared among the processes torchrun starts
+    on this node (LOCAL_WORLD_SIZE): the default number of loader workers, at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 @config_model
 class DataConfig:
     output: Path  # a pipeline output folder (train/, eval/, stats.json, config.yaml); local or gs://
     image_size: ImageSize = 224
     batch_size: PositiveInt = 8  # per process and micro-step
-    workers: NonNegativeInt = 2
+    # DataLoader worker processes; default: loader_cores(), resolved when the config is made, so resume
+    # checks compare a number (a run resumed on other cores sets it to the number it was written with)
+    workers: NonNegativeInt = Field(default_factory=loader_cores)
     balance: Balance = "uniform"
     shuffle_buffer: PositiveInt = 256
     max_prompt_tokens: PositiveInt = 128

@@ -150,7 +150,7 @@ def build_shards(p: beam.Pipeline, config: RunConfig, run_id: str, translate: bo
     planned = coverage_inputs | "Coverage" >> AssignCoverage(config.plan, ImageTexts.of(config))
     written = (planned["members"]
                | "GroupShards" >> MeasuredGroupByKey()
-               | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id), **gate).with_outputs(
+               | "WriteShards" >> beam.ParDo(WriteShard(config.output, run_id, config.resized), **gate).with_outputs(
                    WRITE_REJECTED, main="shards"))
     shards = written.shards
     rejections = ((inputs.rejections, planned["duplicates"], written[WRITE_REJECTED])

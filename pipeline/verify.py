@@ -6,8 +6,9 @@ assigns to its key and content, no translation in a language the plan pairs `oth
 English source is one of the sample's own captions, by the text hashes its JSON lists; a language
 paired `bitext` is not checked so, its sources being corpus sentences, but each of its translations
 must carry the similarity of a matched bitext), that the
-manifest, indexes and tars agree byte for byte, and that stats.json adds up (read = written +
-rejected) and matches the shards and rejects.
+manifest, indexes and tars agree byte for byte, that every sample holds the resized copy its config's
+`resized` section asks for (with --decode: that it decodes to its size, as RGB), and that stats.json
+adds up (read = written + rejected) and matches the shards and rejects.
 
 It streams, so its memory does not hold the manifest as rows: per shard, the shard's manifest part
 is checked against its tar (one tar and one part in memory at a time); the rejects are counted line
@@ -23,7 +24,7 @@ import io
 import json
 import tarfile
 from collections import Counter, defaultdict
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,14 +33,16 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from pipeline.output_files import iter_rejects, manifest_parts, read_manifest_part, refuse_old_layout
+from schemas.config import ResizedImages
 from schemas.coverage import CoveragePlan
 from schemas.errors import InputError
 from schemas.layout import (CONFIG_COPY, JSON_EXTENSION, LEASE, MANIFEST_DIR, REJECTS_DIR, RUNS_DIR, STATS, SUCCESS,
-                            IndexEntry, index_entries, index_name, member_key, shard_glob, shard_glob_relpath,
-                            shard_of_manifest_part)
+                            IndexEntry, index_entries, index_name, member_key, resized_extension, shard_glob,
+                            shard_glob_relpath, shard_of_manifest_part)
 from schemas.records import SPLIT_TRAIN, SPLITS, TASK_CAPTION, TASK_TRANSLATION, text_hash
 from schemas.sample import CAPTION_HASHES, Annotation, decode_sample_json, task_language
 from transforms.atomic import glob_escape, join
+from transforms.image_pixels import resized_size
 from transforms.run_folder import files_under
 
 
@@ -78,7 +81,9 @@ def verify_output(output: str, decode_images: bool = False) -> list[str]:
         problems.append(f"{RUNS_DIR}/ holds files of an unfinished run")
     if FileSystems.exists(join(output, LEASE)):
         problems.append(f"{LEASE} is held: a run is writing this output (or died holding it)")
-    plan = CoveragePlan.from_dict(yaml.safe_load(_read(join(output, CONFIG_COPY)))["plan"])
+    config = yaml.safe_load(_read(join(output, CONFIG_COPY)))
+    plan = CoveragePlan.from_dict(config["plan"])
+    resized = ResizedImages(**config["resized"]) if config.get("resized") else None
     stats = json.loads(_read(join(output, STATS)))
     parts = manifest_parts(output)
     keys = ManifestKeyChecks(plan)
@@ -103,7 +108,8 @@ def verify_output(output: str, decode_images: bool = False) -> list[str]:
                 checked.append(part)
                 rows = table.to_pylist()
                 written.update(images=len(rows), captions=sum(r["captions"] for r in rows))
-            problems += _check_shard(output, split, entry, rows, plan, seen_annotations[split], decode_images)
+            problems += _check_shard(output, split, entry, rows, plan, seen_annotations[split], decode_images,
+                                     resized)
     for shard, part in parts.items():
         problems.append(f"{MANIFEST_DIR}/{part.rsplit('/', 1)[-1]} names {shard}, which no index lists")
     for path in files_under(join(output, MANIFEST_DIR)):  # a stray file breaks reading the folder as a dataset
@@ -183,7 +189,7 @@ def _repeated(chunks: list) -> pa.Array:
 
 
 def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], plan: CoveragePlan,
-                 seen: Counter, decode_images: bool) -> list[str]:
+                 seen: Counter, decode_images: bool, resized: Optional[ResizedImages] = None) -> list[str]:
     url = entry.url
     path = join(output, url)
     if not FileSystems.exists(path):
@@ -207,7 +213,10 @@ def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], p
     bitext = set(plan.bitext_languages)
     for (key, members), row in zip(samples, rows):
         image = members.get(row["image_format"])
-        if image is None or hashlib.sha256(image).hexdigest() != row["sha256"]:
+        if resized is not None and not resized.keep_original:
+            if image is not None:
+                problems.append(f"{url}: {key}: holds its original image, but resized.keep_original is false")
+        elif image is None or hashlib.sha256(image).hexdigest() != row["sha256"]:
             problems.append(f"{url}: {key}: image bytes differ from the manifest's sha256")
         elif decode_images:
             try:
@@ -215,6 +224,8 @@ def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], p
                     img.load()
             except Exception as e:
                 problems.append(f"{url}: {key}: image does not decode ({e})")
+        if resized is not None:
+            problems += [f"{url}: {key}: {p}" for p in _resized_problems(members, row, resized, decode_images)]
         try:
             meta, annotations = decode_sample_json(members[JSON_EXTENSION])
         except (KeyError, ValueError) as e:
@@ -238,6 +249,24 @@ def _check_shard(output: str, split: str, entry: IndexEntry, rows: list[dict], p
             problems.append(f"{url}: {key}: translation into {unmatched} (plan: bitext) has no similarity, so it "
                             "is not a matched bitext")
     return problems
+
+
+def _resized_problems(members: dict[str, bytes], row: dict, spec: ResizedImages, decode: bool) -> list[str]:
+    """What is wrong with a sample's resized copy: missing, or (`decode`) not an RGB JPEG of its size."""
+    extension = resized_extension(spec.image_size, spec.resize_mode)
+    copy = members.get(extension)
+    if copy is None:
+        return [f"no resized copy ({extension}), which the config's resized section asks for"]
+    if not decode:
+        return []
+    try:
+        with Image.open(io.BytesIO(copy)) as img:
+            img.load()
+            got = (img.format, img.mode, img.size)
+    except Exception as e:
+        return [f"resized copy ({extension}) does not decode ({e})"]
+    expected = ("JPEG", "RGB", resized_size(row["width"], row["height"], spec.image_size, spec.resize_mode))
+    return [] if got == expected else [f"resized copy ({extension}) is {got}, expected {expected}"]
 
 
 def _own_caption_translations(meta: dict, annotations: list[Annotation], paired: set[str]) -> list[str]:

@@ -22,6 +22,7 @@ from schemas.contract import (Bool, NonNegativeInt, Path, PositiveFloat, Positiv
                               described, resolve_path, validate_config)
 from schemas.coverage import CoveragePlan
 from schemas.errors import ConfigError
+from schemas.layout import RESIZE_MODES, RESIZE_SQUARE
 from schemas.prompts import CONTEXT_FORMAT, RequestTemplate
 from schemas.recaption_prompts import (DEFAULT_ANSWER_PREFIX, DEFAULT_MODEL, DEFAULT_PROMPT,
                                         DescriptionTemplate)
@@ -103,6 +104,22 @@ class ValidationRules:
         if self.min_caption_chars > self.max_caption_chars:
             raise ConfigError("min_caption_chars", "is larger than max_caption_chars")
         return self
+
+
+@config_model
+class ResizedImages:
+    """A copy of every image resized at build time, beside the original (img2dataset's image_size,
+    resize_mode, encode quality), so the training loader decodes a small JPEG instead of resizing a
+    full-size one per sample. Written by the shard writer as `<key>.224.jpg` (schemas/layout.py), upright
+    RGB as the loader converts (transforms/image_pixels.py), byte-identical on every rebuild. `square`
+    stretches to image_size x image_size ignoring the aspect: Florence-2's resize, the mode the loader
+    reads (model/data.py). keep_original false: the shards hold the copy alone (smaller; a loader at
+    another resolution has nothing to resize from)."""
+
+    image_size: Annotated[int, Field(strict=True, ge=16, le=4096), described("an integer from 16 to 4096")] = 224
+    resize_mode: Literal[RESIZE_MODES] = RESIZE_SQUARE
+    quality: Annotated[int, Field(strict=True, ge=1, le=100), described("an integer from 1 to 100")] = 95
+    keep_original: Bool = True
 
 
 @config_model
@@ -304,6 +321,7 @@ class RunConfig:
     bitext: Optional[BitextConfig] = None  # parallel sentences matched to the images (schemas/bitext.py)
     # present: `recaption` describes the sources' images, and `run` does too before it builds
     recaption: Optional[RecaptionConfig] = None
+    resized: Optional[ResizedImages] = None  # present: the shards also hold a resized copy of each image
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
@@ -351,8 +369,9 @@ class RunConfig:
         for name in ("translator", "recaption"):
             if getattr(self, name) is not None:
                 out[name] = _served_dict(getattr(self, name))
-        if self.bitext is not None:
-            out["bitext"] = dataclasses.asdict(self.bitext)
+        for name in ("bitext", "resized"):
+            if getattr(self, name) is not None:
+                out[name] = dataclasses.asdict(getattr(self, name))
         return out
 
     @classmethod

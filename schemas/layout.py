@@ -2,7 +2,8 @@
 write and the readers (verify, report, the loader, the tests) look for.
 
     OUTPUT/
-      train/000000.tar, eval/000000.tar       shards: <key>.<jpg|png|webp> + <key>.json per sample
+      train/000000.tar, eval/000000.tar       shards: <key>.<jpg|png|webp> + <key>.json per sample, and
+                                              <key>.224.jpg (a resized copy) with a `resized` section
       train.index.json, eval.index.json       wids indexes (relative urls)
       manifest/<split>-<index>.parquet        one manifest part per shard (schemas/arrow.py)
       rejects/part-NNNNN.jsonl                every rejection
@@ -31,6 +32,19 @@ from schemas.records import SPLITS
 # -- a shard's members -------------------------------------------------------------------------------
 JSON_EXTENSION = "json"
 IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # Pillow's format -> member extension
+
+
+# The resized copy's modes (img2dataset's names; its `no` mode, no resizing, is having no copy) and member
+# extension: `224.jpg` for the square resize, the one Florence-2's processor does and the loader reads;
+# `224.<mode>.jpg` for the others, so a member's name says which pixels it holds.
+RESIZE_SQUARE, RESIZE_KEEP_RATIO, RESIZE_CENTER_CROP, RESIZE_BORDER = "square", "keep_ratio", "center_crop", "border"
+RESIZE_MODES = (RESIZE_SQUARE, RESIZE_KEEP_RATIO, RESIZE_CENTER_CROP, RESIZE_BORDER)
+RESIZED_FORMAT = "jpg"
+
+
+def resized_extension(size: int, mode: str) -> str:
+    """The member extension of the copy resized to `size` in `mode`."""
+    return f"{size}.{RESIZED_FORMAT}" if mode == RESIZE_SQUARE else f"{size}.{mode}.{RESIZED_FORMAT}"
 
 
 def member_name(key: str, extension: str) -> str:

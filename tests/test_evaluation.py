@@ -162,10 +162,11 @@ def test_contrastive_accuracy_counts_the_items_whose_correct_translation_has_the
     import contextlib
 
     from model.contrastive import contrastive_accuracy, read_items
-    from model.data import Example, image_transform, to_rgb
+    from model.data import Example, image_transform
     from model.eval_loss import eval_collator
     from PIL import Image
     from schemas.sample import Annotation
+    from transforms.image_pixels import to_rgb
 
     config, model, encoder_tokenizer, decoder_tokenizer = tiny
     collator = eval_collator(config, encoder_tokenizer, decoder_tokenizer, use_prefix=False)

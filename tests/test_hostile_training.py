@@ -227,7 +227,7 @@ def test_a_16_bit_grey_png_keeps_its_grey_levels():
 
 
 def test_a_32_bit_int_grey_image_is_read_as_16_bit():
-    from model.data import to_rgb
+    from transforms.image_pixels import to_rgb
 
     values = np.array([[-5, 0, 255, 256, 32768, 65535, 70000]], dtype=np.int32)
     decoded = np.asarray(to_rgb(Image.fromarray(values)))[..., 0]

@@ -1,5 +1,9 @@
 """Write one WebDataset shard per (split, shard index): `<key>.<ext>` + `<key>.json` per sample
-(names: schemas/layout.py).
+(names: schemas/layout.py), and `<key>.224.jpg` when the config asks for a resized copy.
+
+The copy is made here, per sample, from the bytes fetched for the shard (checked against the sha256
+validation recorded), not carried from validation: image bytes never travel through the build's
+groupings (pipeline/build.py), and an image is resized only once it is known to be written.
 
 Members are in shard position order, tar metadata is fixed (mtime 0, fixed owner and mode), and
 the JSON is serialized with sorted keys, so the same input gives byte-identical tars. Each shard and
@@ -20,11 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.arrow import MANIFEST_SCHEMA
-from schemas.layout import JSON_EXTENSION, intent, manifest_part, member_name, shard_relpath
+from schemas.config import ResizedImages
+from schemas.layout import JSON_EXTENSION, intent, manifest_part, member_name, resized_extension, shard_relpath
 from schemas.records import Rejection
 from transforms.atomic import atomic_create, join, write_bytes_atomic
 from transforms.coverage import ShardMember
 from transforms.image_io import ImageChanged, ImageFetcher, spooled
+from transforms.image_pixels import resized_jpeg
 from transforms.run_folder import run_tmp
 
 log = logging.getLogger(__name__)
@@ -85,8 +91,8 @@ class WriteShard(beam.DoFn):
     webdataset's layout (members of a sample adjacent, extensions in sorted order, USTAR): importing
     webdataset would import torch into every worker (~500 MiB each) for a writer that needs none of it."""
 
-    def __init__(self, output: str, run_id: str):
-        self.output, self.run_id = output, run_id
+    def __init__(self, output: str, run_id: str, resized: Optional[ResizedImages] = None):
+        self.output, self.run_id, self.resized = output, run_id, resized
         self.fetcher: Optional[ImageFetcher] = None
 
     def setup(self) -> None:
@@ -119,8 +125,7 @@ class WriteShard(beam.DoFn):
                     if rejection is not None:
                         gone.append(rejection)
                         continue
-                    for ext, content in sorted({sample.image_format: data,
-                                                JSON_EXTENSION: sample.json_member()}.items()):
+                    for ext, content in sorted(self.members(sample, data).items()):
                         _add_member(tar, member_name(sample.key, ext), content)
                     totals.update(dict(sample.annotations))
                     missing.update(dict(sample.missing))
@@ -138,6 +143,18 @@ class WriteShard(beam.DoFn):
             beam.metrics.Metrics.counter("shards", rejection.reason).inc()
             log.warning("%s: %s left out of %s: %s", rejection.key, rejection.reason, relpath, rejection.detail)
             yield beam.pvalue.TaggedOutput(WRITE_REJECTED, rejection)
+
+    def members(self, sample: ShardMember, data: bytes) -> dict[str, bytes]:
+        """A sample's members by extension: its image (unless only the resized copy is kept), the
+        copy when configured, its JSON."""
+        members = {JSON_EXTENSION: sample.json_member()}
+        if self.resized is None or self.resized.keep_original:
+            members[sample.image_format] = data
+        if self.resized is not None:
+            spec = self.resized
+            members[resized_extension(spec.image_size, spec.resize_mode)] = resized_jpeg(
+                data, spec.image_size, spec.resize_mode, spec.quality)
+        return members
 
     def _write_manifest_part(self, split: str, index: int, rows: list[dict]) -> None:
         buffer = io.BytesIO()
