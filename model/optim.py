@@ -33,7 +33,9 @@ def optimizer_for(model: FlorenzModel, lr: float, weight_decay: float, betas: tu
 def flops_per_token(model: FlorenzModel) -> tuple[float, float]:
     """Approximate training FLOPs per (non-padding) encoder token and per decoder token: for each part,
     2·P forward, 2·P for activation gradients, and 2·P more for the weights that train. The frozen
-    vision tower (forward only, convolutional) is left out, so an MFU derived from this is a lower bound."""
+    vision tower (forward only, convolutional) is left out: this is the training counters' `compute`, kept
+    as it was; model/flops.py counts every part (vision tower and LM head on labelled tokens included)
+    for MFU."""
     out = []
     for part in (model.encoder, model.decoder):
         params = list(part.parameters())

@@ -3,15 +3,16 @@
     florenz-train configs/train-tiny.yaml
     torchrun --nproc_per_node 8 -m model.train configs/train-0.4b.yaml
 
-bf16 autocast, AdamW, cosine schedule with warm-up, gradient accumulation and clipping; DDP, or FSDP for
-the Gemma-2 sizes; the freezing policy and scheduled unfreezing of model/unfreeze.py. Checkpoints resume exactly (see model/checkpoint.py); a run folder that has one is
+bf16 autocast, AdamW, cosine schedule with warm-up, gradient accumulation and clipping (the step is
+model/step.py's train_step, which the throughput benchmark runs too; the loss is read back from the
+device only every run.log_every steps); DDP, or FSDP for the Gemma-2 sizes; optionally compiled blocks
+(run.compile); the freezing policy and scheduled unfreezing of model/unfreeze.py. Checkpoints resume exactly (see model/checkpoint.py); a run folder that has one is
 resumed. Writes metrics.jsonl (training and eval rows) and scaling_rows.jsonl (the inputs of the
 scaling-law fits: parameters, seen samples, compute, eval loss per test set).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,6 +33,7 @@ from model.eval_loss import eval_collator, evaluate_loss, output_plan, test_sets
 from model.factory import build_model, load_tokenizers
 from model.modeling import FlorenzModel
 from model.optim import flops_per_token, optimizer_for, warmup_cosine
+from model.step import bucketed, compile_blocks, to_device, train_step
 from model.train_config import TrainConfig, load_train_config
 from model.unfreeze import TrainableSchedule
 from schemas.errors import ConfigError
@@ -82,8 +84,7 @@ def data_parallel(model: FlorenzModel, procs: Processes) -> DistributedDataParal
 def shard(model: FlorenzModel) -> None:
     """FSDP, per encoder and decoder layer."""
     from torch.distributed.fsdp import fully_shard
-    decoder_layers = model.decoder.layers if model.config.gemma is None else model.decoder.model.layers
-    for layer in [*model.encoder.layers, *decoder_layers]:
+    for layer in model.blocks():
         fully_shard(layer)
     fully_shard(model)
 
@@ -123,6 +124,8 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     strategy = strategy_for(model, config, procs)
     if strategy == "fsdp":
         shard(model)
+    if config.run.compile:
+        compile_blocks(model)
     # over every parameter the policy trains: one not yet unfrozen has no gradient, and AdamW skips it
     optimizer = optimizer_for(model, config.optim.lr, config.optim.weight_decay, config.optim.betas, procs.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -163,46 +166,46 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     end = min(config.optim.steps, stop_at or config.optim.steps)
     started, last_loss = time.time(), float("nan")
     wrapped: torch.nn.Module | None = None
+    pads = (encoder_tokenizer.pad_token_id, decoder_tokenizer.pad_token_id)
+    token_counts = [0, 0]  # this step's (encoder, decoder) tokens, counted on the CPU batches
+
+    def micro_batches():
+        """The step's micro-batches on the device; the stream positions and token counts of each recorded
+        from the CPU batch (no device sync)."""
+        while True:
+            batch = next(batches)
+            stream_id, draw, index = batch.pop("position")
+            positions[stream_id] = (draw, index)
+            counters["consumed"] += 1
+            token_counts[0] += int(batch["attention_mask"].sum()) + len(batch["keys"]) * image_tokens
+            token_counts[1] += int(batch["decoder_attention_mask"].sum())
+            yield to_device(bucketed(batch, *pads) if config.run.compile else batch, procs.device)
+
+    inputs = micro_batches()
     while step < end:
         if schedule.apply(step) or wrapped is None:  # the first step, and every unfreezing stage
             encoder_flops, decoder_flops = flops_per_token(model)
             trainable = model.parameter_counts()["trainable"]
             wrapped = data_parallel(model, procs) if strategy == "ddp" else model
-        loss_sum = torch.zeros((), device=procs.device)
-        tokens, encoder_tokens = 0, 0
-        for micro in range(config.optim.grad_accum):
-            batch = next(batches)
-            stream_id, draw, index = batch.pop("position")
-            positions[stream_id] = (draw, index)
-            counters["consumed"] += 1
-            encoder_tokens += int(batch["attention_mask"].sum()) + len(batch["keys"]) * image_tokens
-            tokens += int(batch["decoder_attention_mask"].sum())
-            inputs = {k: v.to(procs.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-            sync = micro == config.optim.grad_accum - 1 or not isinstance(wrapped, DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast():
-                loss = wrapped(**inputs) / config.optim.grad_accum
-            loss.backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        token_counts[:] = [0, 0]
+        result = train_step(wrapped, model, optimizer, scheduler, inputs, config.optim.grad_accum,
+                            config.optim.clip, autocast)
         step += 1
 
-        global_batch = data.batch_size * config.optim.grad_accum * procs.world
-        if procs.world > 1:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        counters["seen"] += global_batch
-        tokens += encoder_tokens
-        counters["tokens"] += tokens * procs.world  # estimated from this process's share
-        step_flops = encoder_flops * encoder_tokens + decoder_flops * (tokens - encoder_tokens)
-        counters["compute"] += step_flops * procs.world
-        last_loss = loss_sum.item()
+        encoder_tokens, decoder_tokens = token_counts
+        counters["seen"] += data.batch_size * config.optim.grad_accum * procs.world
+        counters["tokens"] += (encoder_tokens + decoder_tokens) * procs.world  # estimated from this process's share
+        counters["compute"] += (encoder_flops * encoder_tokens + decoder_flops * decoder_tokens) * procs.world
         bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.4f}")
-        if step % config.run.log_every == 0 or step == end:
+        if step % config.run.log_every == 0 or step == end:  # the only host sync of the loop
+            loss = result.loss
+            if procs.world > 1:
+                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+            last_loss = loss.item()
+            bar.set_postfix(loss=f"{last_loss:.4f}")
             metrics.write({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                           "grad_norm": float(grad_norm), "trainable_params": trainable, "seen": counters["seen"], "tokens": counters["tokens"],
+                           "grad_norm": float(result.grad_norm), "trainable_params": trainable,
+                           "seen": counters["seen"], "tokens": counters["tokens"],
                            "compute": counters["compute"], "elapsed_s": round(time.time() - started, 3)})
         if step % config.run.eval_every == 0 or step == end:
             losses = evaluate_loss(model, data.output, transform, loss_collator, data.batch_size, data.eval_images,

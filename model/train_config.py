@@ -123,6 +123,8 @@ class RunSettings:
     checkpoint_every: PositiveInt = 250
     keep_checkpoints: PositiveInt = 2
     progress: Bool = True
+    # torch.compile each encoder/decoder layer, batches padded to power-of-two lengths (model/step.py)
+    compile: Bool = False
 
 
 TestSetName = Annotated[str, Field(strict=True, pattern=r"^[a-z][a-z0-9_]*$"),

@@ -205,20 +205,32 @@ def test_scheduled_unfreezing_trains_the_top_layers_first_and_leaves_the_rest_un
             assert int(state["step"]) == step + 1 - first[name], (step, name)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"trainable.unfreeze": {**SUF, "parts": ["encoder", "decoder_layers"]}}],
-                         ids=["paper freezing", "scheduled unfreezing"])
+@pytest.mark.parametrize("overrides", [{"optim.grad_accum": 2},
+                                       {"trainable.unfreeze": {**SUF, "parts": ["encoder", "decoder_layers"]}}],
+                         ids=["paper freezing, accumulated", "scheduled unfreezing"])
 def test_two_processes_with_torchrun_train_and_agree(tmp_path, paper, overrides):
-    """Under scheduled unfreezing DDP is rebuilt at every stage; the ranks still end identical."""
+    """Under scheduled unfreezing DDP is rebuilt at every stage; with gradient accumulation the first
+    micro-step's gradients are not all-reduced (no_sync) but the last one's are; the ranks still end
+    identical."""
     config = train_config(tmp_path, *paper, **{"optim.steps": 6, "run.eval_every": 6, "run.checkpoint_every": 6,
                                                **overrides})
     summary = run_train(config, torchrun=2)
     assert summary["ranks"] == 2 and summary["ranks_agree"]
     trainable = [m["trainable_params"] for m in metrics(tmp_path / "run") if "loss" in m]
-    assert len(set(trainable)) == (3 if overrides else 1)
-    assert summary["seen"] == 6 * 4 * 2
+    assert len(set(trainable)) == (3 if "trainable.unfreeze" in overrides else 1)
+    assert summary["seen"] == 6 * 4 * 2 * overrides.get("optim.grad_accum", 1)
     assert (tmp_path / "run" / "checkpoints" / "step-00000006" / "model" / "model.safetensors").exists()
     evals = [m["eval"] for m in metrics(tmp_path / "run") if "eval" in m]
     assert {"loss/seen_caption", "loss/seen_translation", "loss/unseen_caption"} <= set(evals[-1])
+
+
+def test_the_loss_is_read_back_and_logged_every_log_every_steps_only(tmp_path, paper):
+    config = train_config(tmp_path, *paper, **{"optim.steps": 5, "run.log_every": 2, "run.eval_every": 5,
+                                               "run.checkpoint_every": 5})
+    summary = run_train(config)
+    logged = {m["step"]: m["loss"] for m in metrics(tmp_path / "run") if "loss" in m}
+    assert sorted(logged) == [2, 4, 5]  # and the last step
+    assert summary["loss"] == logged[5] and summary["seen"] == 5 * 4
 
 
 def test_evaluation_scores_every_task_language_pair_held_out_ones_included(tmp_path, paper):
