@@ -1,5 +1,14 @@
-"""Prints the hostile-input suite's cases by outcome (the table README quotes)."""
+"""Prints the hostile-input suite's cases by outcome (the table README quotes); gives the tests that may
+train the tiny translator the time to (tests/vllm_support.py)."""
 from collections import Counter, defaultdict
+
+
+def pytest_collection_modifyitems(session, config, items):
+    from tests.vllm_support import TRANSLATOR_FIXTURES, may_train_translator
+
+    for item in items:
+        if TRANSLATOR_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("timeout") is None:
+            item.add_marker(may_train_translator)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

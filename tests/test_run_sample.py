@@ -20,7 +20,7 @@ from schemas.layout import JSON_EXTENSION, STATS, shard_relpath
 from schemas.records import SPLIT_TRAIN, TASK_TRANSLATION
 from schemas.sample import decode_sample_json
 from tests.helpers import REPO, SHARED_DATA, require_coco_sample
-from tests.vllm_support import tiny_translator
+from tests.vllm_support import may_train_translator, tiny_translator
 
 OUTPUT = Path("out") / "paper-coco-sample"
 
@@ -60,7 +60,7 @@ def vllm_servers_of(model: Path) -> list[str]:
     return [line for line in ps.splitlines() if "vllm.entrypoints.openai.api_server" in line and str(model) in line]
 
 
-@pytest.mark.timeout(1800)  # the tiny translator is trained on first use, then the server starts
+@may_train_translator  # the tiny translator is trained on first use, then the server starts
 def test_with_a_model_and_no_url_the_sample_run_starts_vllm_translates_and_stops_it(tmp_path):
     require_coco_sample()
     model = tiny_translator()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PAPER_PLAN, REPO, coco_captions, coco_source, run_build, write_config
+from tests.vllm_support import may_train_translator
 
 CLI = str(Path(sys.executable).with_name("florenz-data"))
 DOCKERFILE = REPO / "docker" / "Dockerfile.dataflow"
@@ -180,6 +181,7 @@ def test_model_weights_from_a_bucket_are_copied_once_per_machine(tmp_path):
     assert downloaded == {f"gemma/{f}": (model / f).stat().st_size for f in files}  # each byte fetched once
 
 
+@may_train_translator
 def test_a_managed_vllm_server_serves_weights_from_a_bucket(tmp_path):
     """The real vLLM server, its weights on an S3-compatible server: the pipeline copies them to the
     machine, starts vLLM on the copy under the configured name, and translates."""

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.verify import iter_tar_samples, verify_output
 from tests.helpers import PAPER_PLAN, caption_parquet_source, read_store_rows, store_part_files, write_config
-from tests.vllm_support import memorized_pairs, requests_received, serve, tiny_translator
+from tests.vllm_support import may_train_translator, memorized_pairs, requests_received, serve, tiny_translator
 
 PLAN = {**PAPER_PLAN, "languages": ["en", "de", "fr"], "caption_languages": ["en", "de"],
         "translation_languages": ["de", "fr"], "eval_fraction": 0.2, "shard_size": 8}
@@ -195,6 +195,7 @@ def _requests_held(port: int) -> tuple[int, int]:
             value["vllm:request_success_total"])
 
 
+@may_train_translator
 def test_managed_server_is_started_once_shared_by_two_processes_within_its_limit_and_stopped(tmp_path):
     """Two SDK processes share one managed server, and together never hand it more requests than its
     --max-num-seqs (the default max_in_flight): its own gauges, polled while the run goes, show no

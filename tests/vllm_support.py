@@ -21,6 +21,12 @@ from tests.helpers import MULTI30K, REPO
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 TRAIN_SCRIPT = REPO / "scripts" / "train_tiny_translator.py"
 SERVER_ARGS = ["--gpu-memory-utilization", "0.2", "--max-model-len", "512", "--dtype", "float32"]
+TRAINING_TIMEOUT_S = 2400  # the tiny translator's training, on a loaded 2-core machine
+# The first test to need the tiny translator trains it inside its own time limit (pytest-timeout counts
+# fixture setup): room for the training, a server start and the test itself. tests/conftest.py gives it to
+# every test using a fixture of TRANSLATOR_FIXTURES; a test calling tiny_translator() itself carries it.
+may_train_translator = pytest.mark.timeout(TRAINING_TIMEOUT_S + 900)
+TRANSLATOR_FIXTURES = frozenset({"trained", "untrained"})
 
 
 def require_vllm() -> None:
@@ -39,7 +45,7 @@ def tiny_translator(untrained: bool = False) -> Path:
     out = REPO / ".cache" / f"tiny-translator-{'untrained-' if untrained else ''}{digest.hexdigest()[:12]}"
     if not (out / "pairs.jsonl").exists():
         cmd = [str(VLLM_PYTHON), str(TRAIN_SCRIPT), "--out", str(out), "--data", str(MULTI30K)]
-        subprocess.run(cmd + (["--untrained"] if untrained else []), check=True, timeout=2400)
+        subprocess.run(cmd + (["--untrained"] if untrained else []), check=True, timeout=TRAINING_TIMEOUT_S)
     return out
 
 
