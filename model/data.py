@@ -29,7 +29,7 @@ from model.modeling import IGNORE_INDEX
 from schemas.layout import (IMAGE_EXTENSIONS, JSON_EXTENSION, RESIZE_SQUARE, STATS, index_entries, index_name,
                             resized_extension)
 from schemas.sample import Annotation, decode_sample_json, task_language
-from transforms.image_pixels import RESAMPLING, to_rgb
+from transforms.image_pixels import resize, to_rgb
 
 
 class ImageTransform:
@@ -51,8 +51,7 @@ class ImageTransform:
         self.copy_extension = resized_extension(size, RESIZE_SQUARE)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        if image.size != (self.size, self.size):
-            image = image.resize((self.size, self.size), RESAMPLING)
+        image = resize(image, self.size, RESIZE_SQUARE)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def of_sample(self, sample: Mapping[str, Any]) -> torch.Tensor:

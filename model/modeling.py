@@ -111,9 +111,14 @@ class FlorenzModel(nn.Module):
         return self.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state, mask
 
     @property
+    def head(self) -> nn.Linear:
+        """The LM head (its weight tied to the decoder's token embeddings)."""
+        return self.lm_head if self.config.decoder_kind == DECODER_BART else self.decoder.lm_head
+
+    @property
     def lm_head_weight(self) -> torch.Tensor:
-        """The LM head's [vocab, dim] weight (tied to the decoder's token embeddings)."""
-        return (self.lm_head if self.config.decoder_kind == DECODER_BART else self.decoder.lm_head).weight
+        """The LM head's [vocab, dim] weight."""
+        return self.head.weight
 
     @property
     def logit_softcap(self) -> Optional[float]:
@@ -142,7 +147,7 @@ class FlorenzModel(nn.Module):
         the Cache (see decoder_states)."""
         hidden, cache = self.decoder_states(decoder_input_ids, encoder_states, encoder_mask,
                                             decoder_attention_mask, cache, use_cache)
-        logits = (self.lm_head if self.config.decoder_kind == DECODER_BART else self.decoder.lm_head)(hidden)
+        logits = self.head(hidden)
         if (cap := self.logit_softcap) is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits, cache
