@@ -11,7 +11,7 @@ the trainable parameters, bf16 autocast with fp32 weights, clipping):
   the frozen vision tower and projector in training mode (drop_path on) with autograd, eager blocks, and
   the loss read back every step (.item(), as the loop did);
 - after: the LM head on labelled positions only (chunked, model/losses.py), frozen parts in eval mode under
-  no_grad, the loss left on the device; with --compile, every encoder/decoder layer compiled.
+  no_grad, the loss left on the device; with --compile, what run.compile does (model/step.py compile_regions).
 Batches are synthetic at the paper's pre-training shape (224 px, a 24-token prompt, a 32-token target), so
 the loader is not measured here (see loader_throughput.py). FLOPs are the training FLOPs of every part,
 vision tower included (model/flops.py), the same useful FLOPs for both variants: MFU compares like with like.
@@ -23,6 +23,7 @@ import itertools
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -32,7 +33,7 @@ from model.losses import reference_token_losses  # noqa: E402
 from model.modeling import FlorenzModel  # noqa: E402
 from model.optim import optimizer_for  # noqa: E402
 from model.sizes import FLORENCE2_VOCAB, GEMMA2_VOCAB, florenz_config  # noqa: E402
-from model.step import compile_blocks, to_device, train_step  # noqa: E402
+from model.step import compile_regions, to_device, train_step  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks (SXM)
 VARIANTS = ("before", "after")
@@ -81,6 +82,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def seconds_per_step(step: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
+    """Mean wall-clock seconds of `step` over `steps` calls after `warmup` untimed ones (compilation)."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
 def measure(size: str, variant: str, batch_size: int, steps: int, warmup: int, image_size: int, prompt: int,
             target: int, device: torch.device, compile_backend: str | None) -> dict:
     """One (size, variant, batch) row: samples/s, tokens/s, FLOPs per sample by part, peak memory."""
@@ -105,7 +118,7 @@ def measure(size: str, variant: str, batch_size: int, steps: int, warmup: int, i
         forward = reference_loss(model)
     else:
         if compile_backend:
-            compile_blocks(model, compile_backend)
+            compile_regions(model, compile_backend)
         forward = model
 
     def step() -> None:
@@ -114,14 +127,7 @@ def measure(size: str, variant: str, batch_size: int, steps: int, warmup: int, i
             result.loss.item()  # the loop read the loss back every step
 
     try:
-        for _ in range(warmup):
-            step()
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        elapsed = (time.perf_counter() - start) / steps
+        elapsed = seconds_per_step(step, steps, warmup, device)
     except torch.OutOfMemoryError:
         return {"oom": True}  # the model and optimizer go with this frame, before the next row's
     sample_flops = sum(part.total for part in flops.values())
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=24)
     parser.add_argument("--target-tokens", type=int, default=32)
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                        help="compile the blocks in the after variant (torch.compile backend, default inductor)")
+                        help="compile the after variant as run.compile does (torch.compile backend, default inductor)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     peak = gemm = None

@@ -13,6 +13,7 @@ cross-entropy is Triton (GPU only) and returns a reduced loss only, while Floren
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -35,19 +36,49 @@ def _loss_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
-def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, softcap: Optional[float]
-                  ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """fp32 (fp64 for fp64 inputs) soft-capped logits of a chunk, and tanh(x/c) when capped (its
-    derivative's input)."""
-    logits = (hidden @ weight.t()).to(_loss_dtype(hidden))
-    if softcap is None:
-        return logits, None
-    capped = torch.tanh(logits / softcap)
-    return capped * softcap, capped
+def chunk_losses(logits: torch.Tensor, targets: torch.Tensor, softcap: Optional[float],
+                 scale: Optional[torch.Tensor], with_grad: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-row cross-entropy of one chunk's raw head outputs (`logits`, compute dtype; `targets` [rows, 1]),
+    in fp32 (fp64 for fp64 inputs), Gemma-2's soft-cap applied; with `with_grad`, also the gradient of the
+    rows' sum (each row's weighted by `scale` when given) with respect to `logits`, in their dtype.
+
+    Elementwise only, so `compiled_chunk_losses` can fuse it into a few passes over the chunk; eager, it
+    works in place. The target column's gradient (softmax − 1) is computed from the gathered target
+    logit and written last, so the [rows, vocab] pass needs no one-hot."""
+    x = logits.to(_loss_dtype(logits))
+    capped = None
+    if softcap is not None:
+        capped = torch.tanh(x / softcap)
+        x = capped * softcap
+    lse = torch.logsumexp(x, dim=1, keepdim=True)
+    target_logit = x.gather(1, targets)
+    losses = (lse - target_logit).squeeze(1)
+    if not with_grad:
+        return losses, None
+    grad = (x.sub_(lse) if x is not logits else x - lse).exp_()  # softmax; x is ours to overwrite unless cast-free
+    target_grad = torch.exp(target_logit - lse) - 1
+    if scale is not None:
+        grad.mul_(scale[:, None])
+        target_grad = target_grad * scale[:, None]
+    if capped is not None:
+        grad.mul_(1 - capped * capped)
+        target_capped = capped.gather(1, targets)
+        target_grad = target_grad * (1 - target_capped * target_capped)
+    grad = grad.to(logits.dtype)
+    return losses, grad.scatter_(1, targets, target_grad.to(grad.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_chunk_losses(backend: str = "inductor"):
+    """chunk_losses compiled (run.compile): the cast, soft-cap, logsumexp, softmax and scaling fused into a
+    few passes over the chunk instead of one eager kernel each (on an H200 the eager loss phase was 28 % of
+    a florenz-0.4b step, mostly these passes; benchmarks/train_profile.py). Row counts vary per chunk:
+    after the second distinct count, dynamo compiles one dynamic-shape graph for all."""
+    return torch.compile(chunk_losses, backend=backend)
 
 
 def _pass(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: Optional[float], chunk: int,
-          grad_hidden: bool = False, grad_weight: bool = False, scale: Optional[torch.Tensor] = None):
+          backend: Optional[str], grad_hidden: bool = False, grad_weight: bool = False, scale: Optional[torch.Tensor] = None):
     """Per-row losses, chunk by chunk; with grad_hidden/grad_weight, also the gradients of their sum
     (each row's weighted by `scale` when given) with respect to `hidden` and `weight`. The matmuls run
     in hidden's dtype (the compute dtype); the weight's gradient comes back in the weight's own dtype
@@ -56,21 +87,13 @@ def _pass(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, sof
     d_hidden = torch.empty_like(hidden) if grad_hidden else None
     d_weight = None
     head = weight.to(hidden.dtype)
+    elementwise = chunk_losses if backend is None else compiled_chunk_losses(backend)
     for start in range(0, hidden.shape[0], chunk):
         end = start + chunk
-        rows, rows_targets = hidden[start:end], targets[start:end, None]
-        logits, capped = _chunk_logits(rows, head, softcap)
-        lse = torch.logsumexp(logits, dim=1, keepdim=True)
-        losses[start:end] = (lse - logits.gather(1, rows_targets)).squeeze(1)
-        if not (grad_hidden or grad_weight):
-            continue
-        grad = torch.exp(logits.sub_(lse))  # d loss / d logits = softmax − one-hot
-        grad.scatter_add_(1, rows_targets, torch.full_like(rows_targets, -1, dtype=grad.dtype))
-        if scale is not None:
-            grad *= scale[start:end, None]
-        if capped is not None:
-            grad *= 1 - capped * capped
-        grad = grad.to(rows.dtype)
+        rows = hidden[start:end]
+        losses[start:end], grad = elementwise(rows @ head.t(), targets[start:end, None], softcap,
+                                              None if scale is None else scale[start:end],
+                                              grad_hidden or grad_weight)
         if grad_hidden:
             d_hidden[start:end] = grad @ head
         if grad_weight:
@@ -86,18 +109,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
     chunks' logits (the rows' gradient weights are only known then)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, chunk):
-        losses, _, _ = _pass(hidden, weight, targets, softcap, chunk)
+    def forward(ctx, hidden, weight, targets, softcap, chunk, backend):
+        losses, _, _ = _pass(hidden, weight, targets, softcap, chunk, backend)
         ctx.save_for_backward(hidden, weight, targets)
-        ctx.softcap, ctx.chunk = softcap, chunk
+        ctx.softcap, ctx.chunk, ctx.backend = softcap, chunk, backend
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses):
         hidden, weight, targets = ctx.saved_tensors
-        _, d_hidden, d_weight = _pass(hidden, weight, targets, ctx.softcap, ctx.chunk, ctx.needs_input_grad[0],
-                                      ctx.needs_input_grad[1], grad_losses)
-        return d_hidden, d_weight, None, None, None
+        _, d_hidden, d_weight = _pass(hidden, weight, targets, ctx.softcap, ctx.chunk, ctx.backend,
+                                      ctx.needs_input_grad[0], ctx.needs_input_grad[1], grad_losses)
+        return d_hidden, d_weight, None, None, None, None
 
 
 class _LinearCrossEntropySum(torch.autograd.Function):
@@ -106,8 +129,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     logits exist: three head matmuls, no recomputation (Liger-Kernel's approach)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, chunk, grad_hidden, grad_weight):
-        losses, d_hidden, d_weight = _pass(hidden, weight, targets, softcap, chunk, grad_hidden, grad_weight)
+    def forward(ctx, hidden, weight, targets, softcap, chunk, backend, grad_hidden, grad_weight):
+        losses, d_hidden, d_weight = _pass(hidden, weight, targets, softcap, chunk, backend, grad_hidden,
+                                           grad_weight)
         ctx.save_for_backward(d_hidden, d_weight)
         return losses.sum()
 
@@ -115,20 +139,23 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     def backward(ctx, grad_sum):
         d_hidden, d_weight = ctx.saved_tensors
         scaled = lambda grad: None if grad is None else grad * grad_sum.to(grad.dtype)
-        return scaled(d_hidden), scaled(d_weight), None, None, None, None, None
+        return scaled(d_hidden), scaled(d_weight), None, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         softcap: Optional[float] = None, chunk: int = CHUNK_ROWS) -> torch.Tensor:
-    """Per-row fp32 cross-entropy of the head `weight` ([vocab, dim]) over `hidden` ([rows, dim])."""
-    return _LinearCrossEntropy.apply(hidden.to(compute_dtype(hidden)), weight, targets, softcap, chunk)
+                         softcap: Optional[float] = None, chunk: int = CHUNK_ROWS, backend: Optional[str] = None
+                         ) -> torch.Tensor:
+    """Per-row fp32 cross-entropy of the head `weight` ([vocab, dim]) over `hidden` ([rows, dim]);
+    `backend`: the elementwise part compiled with this torch.compile backend (compiled_chunk_losses)."""
+    return _LinearCrossEntropy.apply(hidden.to(compute_dtype(hidden)), weight, targets, softcap, chunk, backend)
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             softcap: Optional[float] = None, chunk: int = CHUNK_ROWS) -> torch.Tensor:
+                             softcap: Optional[float] = None, chunk: int = CHUNK_ROWS, backend: Optional[str] = None
+                             ) -> torch.Tensor:
     """linear_cross_entropy(...).sum(), with the gradients computed in the forward pass."""
     grads = torch.is_grad_enabled()
-    return _LinearCrossEntropySum.apply(hidden.to(compute_dtype(hidden)), weight, targets, softcap, chunk,
+    return _LinearCrossEntropySum.apply(hidden.to(compute_dtype(hidden)), weight, targets, softcap, chunk, backend,
                                         grads and hidden.requires_grad, grads and weight.requires_grad)
 
 
@@ -147,11 +174,11 @@ def _labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, positions: Option
 
 def labelled_token_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                           softcap: Optional[float] = None, positions: Optional[torch.Tensor] = None,
-                          chunk: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+                          chunk: int = CHUNK_ROWS, backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample summed cross-entropy over the labelled tokens, and their count, from the decoder's
     final hidden states ([batch, length, dim]); `positions`: labelled_positions(labels) if known."""
     positions, rows, targets = _labelled_rows(hidden, labels, positions)
-    losses = linear_cross_entropy(rows, weight, targets, softcap, chunk)
+    losses = linear_cross_entropy(rows, weight, targets, softcap, chunk, backend)
     samples = torch.div(positions, labels.shape[1], rounding_mode="floor")
     per_sample = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device).index_add(0, samples, losses)
     return per_sample, labels.ne(IGNORE_INDEX).sum(dim=1)
@@ -159,10 +186,10 @@ def labelled_token_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
 def labelled_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                   softcap: Optional[float] = None, positions: Optional[torch.Tensor] = None,
-                  chunk: int = CHUNK_ROWS) -> torch.Tensor:
+                  chunk: int = CHUNK_ROWS, backend: Optional[str] = None) -> torch.Tensor:
     """Mean cross-entropy per labelled token (the training loss), gradients computed in forward."""
     _, rows, targets = _labelled_rows(hidden, labels, positions)
-    total = linear_cross_entropy_sum(rows, weight, targets, softcap, chunk)
+    total = linear_cross_entropy_sum(rows, weight, targets, softcap, chunk, backend)
     return total / labels.ne(IGNORE_INDEX).sum().clamp(min=1)
 
 

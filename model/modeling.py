@@ -37,6 +37,7 @@ class FlorenzModel(nn.Module):
         """Random weights from `config`, or the given pretrained Florence-2 (and Gemma-2) modules."""
         super().__init__()
         self.config = config
+        self.loss_backend: Optional[str] = None  # torch.compile backend of the loss' elementwise part (run.compile)
         florence = florence if florence is not None else Florence2ForConditionalGeneration(config.florence)
         base = florence.model
         if config.vision_tower not in VISION_TOWERS:
@@ -159,7 +160,8 @@ class FlorenzModel(nn.Module):
         LM head runs on the labelled positions only (model/losses.py). `label_positions`: their flat
         indices, when the caller computed them on the CPU (else found here, a host sync on a GPU)."""
         hidden = self.final_states(pixel_values, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)
-        return labelled_token_losses(hidden, self.lm_head_weight, labels, self.logit_softcap, label_positions)
+        return labelled_token_losses(hidden, self.lm_head_weight, labels, self.logit_softcap, label_positions,
+                                     backend=self.loss_backend)
 
     def final_states(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor) -> torch.Tensor:
@@ -172,7 +174,8 @@ class FlorenzModel(nn.Module):
                 label_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mean cross-entropy per labelled token: the training loss (model/losses.py labelled_loss)."""
         hidden = self.final_states(pixel_values, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask)
-        return labelled_loss(hidden, self.lm_head_weight, labels, self.logit_softcap, label_positions)
+        return labelled_loss(hidden, self.lm_head_weight, labels, self.logit_softcap, label_positions,
+                             backend=self.loss_backend)
 
     # -- training policy -----------------------------------------------------------------------------
     @staticmethod

@@ -33,7 +33,7 @@ from model.eval_loss import eval_collator, evaluate_loss, output_plan, test_sets
 from model.factory import build_model, load_tokenizers
 from model.modeling import FlorenzModel
 from model.optim import flops_per_token, optimizer_for, warmup_cosine
-from model.step import bucketed, compile_blocks, to_device, train_step
+from model.step import bucketed, compile_regions, to_device, train_step
 from model.train_config import TrainConfig, load_train_config
 from model.unfreeze import TrainableSchedule
 from schemas.errors import ConfigError
@@ -125,7 +125,7 @@ def train(config: TrainConfig, stop_at: int | None = None) -> dict:
     if strategy == "fsdp":
         shard(model)
     if config.run.compile:
-        compile_blocks(model)
+        compile_regions(model)
     # over every parameter the policy trains: one not yet unfrozen has no gradient, and AdamW skips it
     optimizer = optimizer_for(model, config.optim.lr, config.optim.weight_decay, config.optim.betas, procs.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -123,7 +123,8 @@ class RunSettings:
     checkpoint_every: PositiveInt = 250
     keep_checkpoints: PositiveInt = 2
     progress: Bool = True
-    # torch.compile each encoder/decoder layer, batches padded to power-of-two lengths (model/step.py)
+    # torch.compile each encoder/decoder layer, the vision tower and the loss; batches padded to power-of-two
+    # lengths (model/step.py compile_regions)
     compile: Bool = False
 
 

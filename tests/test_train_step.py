@@ -15,14 +15,15 @@ torch = pytest.importorskip("torch")
 
 from model.configuration import PARTS  # noqa: E402
 from model.flops import ORDER, training_flops  # noqa: E402
-from model.losses import (IGNORE_INDEX, linear_cross_entropy, linear_cross_entropy_sum,  # noqa: E402
-                          reference_token_losses)
+from model.losses import (IGNORE_INDEX, chunk_losses, compiled_chunk_losses, linear_cross_entropy,  # noqa: E402
+                          linear_cross_entropy_sum, reference_token_losses)
 from model.modeling import FlorenzModel  # noqa: E402
 from model.optim import optimizer_for  # noqa: E402
 from model.sizes import florenz_config  # noqa: E402
-from model.step import bucket, bucketed, compile_blocks, to_device, train_step  # noqa: E402
+from model.step import bucket, bucketed, compile_regions, to_device, train_step  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import train_profile  # noqa: E402
 import train_throughput  # noqa: E402
 
 ENCODER_VOCAB, DECODER_VOCAB = 200, 300
@@ -106,6 +107,25 @@ def test_the_chunked_linear_cross_entropy_has_exact_gradients(chunk, softcap):
     torch.testing.assert_close(linear_cross_entropy_sum(hidden, weight, targets, softcap, chunk), expected.sum())
 
 
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_the_compiled_loss_equals_the_eager_one(softcap):
+    """inductor, as run.compile uses it on a GPU: the same losses and gradients at two chunk sizes (the
+    second one a dynamic-shape graph), in fp32 and from bf16 head outputs."""
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows in (7, 5):
+            logits = (torch.randn(rows, 300) * 4).to(dtype)
+            targets = torch.randint(0, 300, (rows, 1))
+            scale = torch.rand(rows)
+            eager = chunk_losses(logits.clone(), targets, softcap, scale, True)
+            compiled = compiled_chunk_losses("inductor")(logits.clone(), targets, softcap, scale, True)
+            tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-3}
+            for got, want in zip(compiled, eager):
+                assert got.dtype == want.dtype
+                torch.testing.assert_close(got, want, **tolerance)
+            assert eager[1].dtype == dtype and eager[0].dtype == torch.float32
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("size", ["tiny", "tiny-gemma"])
 def test_losses_and_gradients_equal_the_reference(size, bf16):
@@ -164,15 +184,17 @@ def run_steps(model: FlorenzModel, batches: list[dict], accumulation: int = 1) -
     return losses
 
 
-def test_compiled_blocks_on_bucketed_batches_give_the_eager_losses():
-    """aot_eager: dynamo and AOTAutograd trace the blocks as under inductor, without inductor's C++
-    compilation (about 40 s for the tiny model on this CPU)."""
+@pytest.mark.parametrize("size", ["tiny", "tiny-gemma"])
+def test_compiled_regions_on_bucketed_batches_give_the_eager_losses(size):
+    """aot_eager: dynamo and AOTAutograd trace the blocks, the tower and the loss as under inductor,
+    without inductor's C++ compilation (about 40 s for the tiny model on this CPU)."""
     batches = [batch(), batch()]
     padded = [bucketed(b, 0, 0) for b in batches]
     assert padded[0]["input_ids"].shape[1] == bucket(5) == 8 and padded[0]["labels"].shape[1] == 8
-    eager = run_steps(tiny_model().eval(), batches)
-    model = tiny_model().eval()
-    compile_blocks(model, backend="aot_eager")
+    eager = run_steps(tiny_model(size).eval(), batches)
+    model = tiny_model(size).eval()
+    compile_regions(model, backend="aot_eager")
+    assert model.loss_backend == "aot_eager"
     compiled = run_steps(model, padded)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert eager[1] < eager[0]
@@ -215,3 +237,14 @@ def test_the_benchmark_smoke_run_prints_both_variants():
     assert [r[2] for r in rows] == ["before", "after"], out.getvalue()
     assert float(rows[0][3]) > 0 and float(rows[1][3]) > 0 and rows[1][-1].endswith("x")
     assert "vision_tower" in out.getvalue()
+
+
+def test_the_profile_benchmark_smoke_run_prints_the_loss_chunk_and_each_variant():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train_profile.main(["--device", "cpu", "--sizes", "tiny:2", "--steps", "1", "--warmup", "1",
+                                   "--variants", "eager,loss_compiled", "--loss-vocab", "512"]) == 0
+    lines = out.getvalue().splitlines()
+    assert sum(line.startswith("loss chunk 1024x512") for line in lines) == 4, out.getvalue()
+    rows = [line.split() for line in lines if line.startswith("tiny ")]
+    assert [r[2] for r in rows] == ["eager", "loss_compiled"] and all(float(r[3]) > 0 for r in rows)

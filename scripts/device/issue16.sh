@@ -5,15 +5,18 @@
 # to $OUT/<step>.txt as it runs (so a killed step still brings back what it printed):
 #   env                    GPU, driver, torch/transformers, cores; the carried wheels installed (--no-deps,
 #                          into a --target folder on PYTHONPATH) and the imports of every step checked
-#   train_throughput       benchmarks/train_throughput.py, before/after, florenz-0.4b and florenz-3.5b at
-#                          batch 128, 256 and 512 (a row that does not fit prints "out of memory"), eager,
-#                          8 timed steps after 2 (SIZES, BATCHES, STEPS override)
-#   loader_throughput      benchmarks/loader_throughput.py on .device/out with every core of the machine
+#   train_throughput       benchmarks/train_throughput.py --compile: before (the step as it was) and after
+#                          (run.compile's step: blocks, vision tower and loss compiled), florenz-0.4b and
+#                          florenz-3.5b at batch 128 and 512 (a row that does not fit prints "out of
+#                          memory"), 8 timed steps after 2 (SIZES, BATCHES, STEPS override)
+#   train_profile          benchmarks/train_profile.py: the loss chunk eager vs compiled, the eager step's
+#                          phases and top kernels, eager vs compiled samples/s (0.4b at 512, 3.5b at 256)
 #   train_e2e              florenz-train, florenz-0.4b from random weights on the carried pipeline shards
-#                          (.device/train-florenz-0.4b.yaml: bf16, batch 128, 300 steps, 12 workers); its
-#                          samples/s from metrics.jsonl beside the synthetic benchmark's 0.4b rows
-#   train_throughput_compile  the benchmark again with --compile, in the time that is left
-# then summary.txt: each step's exit code and seconds.
+#                          (.device/train-florenz-0.4b.yaml: bf16, compiled, batch 512, 200 steps, 12
+#                          workers); its samples/s from metrics.jsonl beside the synthetic benchmark's rows
+#   loader_throughput      benchmarks/loader_throughput.py on .device/out with every core, in the time left
+# then summary.txt: each step's exit code and seconds. The eager before/after rows and the loader were
+# measured on an H200 on 2026-11-30 (benchmarks/results/train_throughput_h200.txt).
 #   bash scripts/device/issue16.sh --cpu-smoke   the same steps on this machine's CPU with .venv, toy sizes
 #                                                and a few steps (outputs in $OUT, default /tmp/issue16-out)
 set -uo pipefail
@@ -31,22 +34,20 @@ if $smoke; then
   export PYTHONPATH=$PWD
   device=cpu sizes=tiny batches=2,4 steps=1 warmup=1
   compile_backend=eager  # the flag's path without C++ code generation on a shared CPU
+  profile_args=(--device cpu --sizes tiny:2 --steps 1 --warmup 1 --variants eager --loss-vocab 4096)
   loader_args=(--samples 64 --batch-size 8)
   train_config=.device/train-smoke.yaml
 else
   PY=python3
   export PYTHONPATH=$PWD:/tmp/issue16-site
-  device=cuda sizes=${SIZES:-florenz-0.4b,florenz-3.5b} batches=${BATCHES:-128,256,512} steps=${STEPS:-8} warmup=2
+  device=cuda sizes=${SIZES:-florenz-0.4b,florenz-3.5b} batches=${BATCHES:-128,512} steps=${STEPS:-8} warmup=2
   compile_backend=inductor
+  profile_args=(--sizes florenz-0.4b:512,florenz-3.5b:256 --steps 4 --variants eager,compiled --kernels 15)
   loader_args=()
   train_config=.device/train-florenz-0.4b.yaml
 fi
-if grep -q '"--compile"' benchmarks/train_throughput.py; then
-  bench_args=(--device "$device" --sizes "$sizes" --batch-sizes "$batches" --steps "$steps" --warmup "$warmup")
-else  # a checkout whose benchmark predates issue 16's CLI: its rows as they are, no compile step
-  bench_args=(--sizes "$sizes" --batch-sizes "$batches" --steps "$steps")
-  compile_backend=""
-fi
+bench_args=(--device "$device" --sizes "$sizes" --batch-sizes "$batches" --steps "$steps" --warmup "$warmup"
+            --compile "$compile_backend")
 export PY OUT smoke train_config
 
 : >"$OUT/summary.txt"
@@ -123,10 +124,8 @@ if ! grep -q "^env: exit 0" "$OUT/summary.txt"; then
   exit 1
 fi
 step train_throughput 200 "$PY" benchmarks/train_throughput.py "${bench_args[@]}"
+step train_profile 150 "$PY" benchmarks/train_profile.py "${profile_args[@]}"
+step train_e2e 150 bash -c train_e2e
 step loader_throughput 90 "$PY" benchmarks/loader_throughput.py --output .device/out "${loader_args[@]}"
-step train_e2e 160 bash -c train_e2e
-if [[ -n "$compile_backend" ]]; then
-  step train_throughput_compile 600 "$PY" benchmarks/train_throughput.py "${bench_args[@]}" --compile "$compile_backend"
-fi
 echo "total $((SECONDS - start))s of ${budget}s" | tee -a "$OUT/summary.txt"
 cat "$OUT/summary.txt"
