@@ -19,7 +19,8 @@ from schemas.prompts import CONTEXT_FORMAT, RequestTemplate
 from schemas.records import TranslationRequest, normalize_text, request_key, text_hash
 from tests.helpers import caption_parquet_source, read_store_rows, run_build, write_config
 from tests.test_translate_faults import PLAN, corpus, start_fault_server  # noqa: F401 (fixture)
-from tests.vllm_support import memorized_pairs, requests_received, serve, tiny_translator
+from tests.vllm_support import memorized_pairs, requests_received
+from tests.vllm_support import trained  # noqa: F401 (fixture)
 from transforms.translate import Summarize, _outcome_counts
 from transforms.translate_batches import BatchMisses, TranslateBatches
 
@@ -132,12 +133,6 @@ def test_what_the_loopback_server_receives_is_the_context_template_and_the_store
             assert (row["status"], row["raw_output"]) == ("rejected", r.text)
         else:
             assert row["status"] == "accepted"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    model = tiny_translator()
-    yield from ((model, url) for url in serve(model, tmp_path_factory.mktemp("vllm") / "server.log"))
 
 
 def test_the_tiny_translator_loses_the_context_and_the_caption_is_asked_again_without(tmp_path, trained):

@@ -17,16 +17,11 @@ import pytest
 from pipeline.verify import iter_tar_samples, verify_output
 from tests.helpers import PAPER_PLAN, caption_parquet_source, read_store_rows, store_part_files, write_config
 from tests.vllm_support import may_train_translator, memorized_pairs, requests_received, serve, tiny_translator
+from tests.vllm_support import trained  # noqa: F401 (fixture)
 
 PLAN = {**PAPER_PLAN, "languages": ["en", "de", "fr"], "caption_languages": ["en", "de"],
         "translation_languages": ["de", "fr"], "eval_fraction": 0.2, "shard_size": 8}
 CLI = str(Path(sys.executable).with_name("florenz-data"))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    model = tiny_translator()
-    yield from ((model, url) for url in serve(model, tmp_path_factory.mktemp("vllm") / "server.log"))
 
 
 @pytest.fixture(scope="module")

