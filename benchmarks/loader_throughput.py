@@ -43,12 +43,9 @@ TARGETS = {"florenz-0.4b": 2200, "florenz-3.5b": 800}  # samples/s on one H100: 
 
 def build_output(root: Path, image_size: int) -> str:
     """The COCO sample built with the paper's plan and a square copy at `image_size`."""
-    from tests.helpers import PAPER_PLAN, coco_captions, coco_source, fill_store, run_build, write_config
+    from tests.helpers import PAPER_PLAN, build_with_copy, coco_captions, coco_source
 
-    captions = [a["caption"] for a in coco_captions()["annotations"]]
-    fill_store(root / "store", captions, PAPER_PLAN["translation_languages"])
-    resized = {"image_size": image_size, "resize_mode": RESIZE_SQUARE, "quality": 95}
-    run_build(write_config(root, [coco_source()], PAPER_PLAN, resized=resized))
+    build_with_copy(root, coco_source(), [a["caption"] for a in coco_captions()["annotations"]], PAPER_PLAN, image_size)
     return str(root / "out")
 
 

@@ -106,6 +106,17 @@ def run_build(config_path: Path, allow_missing: bool = False, *beam_args: str) -
     return json.loads(Path(config.output, STATS).read_text())
 
 
+def build_with_copy(root: Path, source: dict, captions: list[str], plan: dict, image_size: int) -> dict:
+    """Build `source` under `root` (store filled with the captions' translations, output in root/out)
+    with a square pre-resized copy at `image_size` beside each original; returns stats.json. The
+    outputs the loader benchmark and the GPU checks (scripts/device) read."""
+    from schemas.layout import RESIZE_SQUARE
+
+    fill_store(root / "store", captions, plan["translation_languages"])
+    resized = {"image_size": image_size, "resize_mode": RESIZE_SQUARE, "quality": 95}
+    return run_build(write_config(root, [source], plan, resized=resized))
+
+
 def assert_sorted_parts(folder: Path, records_per_part: int, sort_fields: tuple[str, ...], min_parts: int) -> None:
     """Records spread over ceil(records / records_per_part) parts by the hash of their sort key, each
     part sorted by it."""

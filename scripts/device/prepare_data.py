@@ -28,9 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from model.sizes import FLORENCE2_VOCAB, GEMMA2_VOCAB  # noqa: E402
-from schemas.layout import RESIZE_SQUARE  # noqa: E402
-from tests.helpers import PAPER_PLAN, coco_captions, coco_source, copy_images, fill_store, run_build, \
-    write_config  # noqa: E402
+from tests.helpers import PAPER_PLAN, build_with_copy, coco_captions, coco_source, copy_images  # noqa: E402
 from tests.train_support import train_tokenizers  # noqa: E402
 
 IMAGE_SIZE = 224
@@ -54,10 +52,8 @@ def build_output(dest: Path, images: int) -> None:
         root = Path(tmp)
         coco = coco_subset(root / "coco", images)
         plan = {**PAPER_PLAN, "eval_fraction": 0.2, "shard_size": 8}
-        fill_store(root / "store", [a["caption"] for a in json.loads((coco / "captions.json").read_text())["annotations"]],
-                   PAPER_PLAN["translation_languages"])
-        resized = {"image_size": IMAGE_SIZE, "resize_mode": RESIZE_SQUARE, "quality": 95}
-        stats = run_build(write_config(root, [coco_source(root=coco)], plan, resized=resized))
+        captions = [a["caption"] for a in json.loads((coco / "captions.json").read_text())["annotations"]]
+        stats = build_with_copy(root, coco_source(root=coco), captions, plan, IMAGE_SIZE)
         shutil.move(str(root / "out"), dest)
     print(f"[prepare] {dest}: {stats['images']['written']} images, {stats['captions']['written']} captions")
 
