@@ -9,7 +9,9 @@ its chunk: the training loss (`labelled_loss`, a mean) computes its gradients in
 chunk's logits exist, as Liger-Kernel does; per-sample losses (`labelled_token_losses`, evaluation)
 recompute each chunk's logits in backward instead. Own implementation: Liger-Kernel's fused linear
 cross-entropy is Triton (GPU only) and returns a reduced loss only, while Florenz needs per-sample sums
-(model/eval_loss.py) and tests on the CPU.
+(model/eval_loss.py) and tests on the CPU. Under run.compile the elementwise part of each chunk (cast,
+soft-cap, logsumexp, softmax gradient) is one compiled function (`compiled_chunk_losses`); the three
+matmuls stay cuBLAS's.
 """
 from __future__ import annotations
 
@@ -78,7 +80,8 @@ def compiled_chunk_losses(backend: str = "inductor"):
 
 
 def _pass(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: Optional[float], chunk: int,
-          backend: Optional[str], grad_hidden: bool = False, grad_weight: bool = False, scale: Optional[torch.Tensor] = None):
+          backend: Optional[str], grad_hidden: bool = False, grad_weight: bool = False,
+          scale: Optional[torch.Tensor] = None):
     """Per-row losses, chunk by chunk; with grad_hidden/grad_weight, also the gradients of their sum
     (each row's weighted by `scale` when given) with respect to `hidden` and `weight`. The matmuls run
     in hidden's dtype (the compute dtype); the weight's gradient comes back in the weight's own dtype
