@@ -15,7 +15,7 @@ Stages, each skipped when its output is there (a rerun resumes):
 4. `florenz-sweep`: every arm x size x step budget x seed is its own florenz-train run (its own
    cosine schedule), the patch-stem vision tower trained with everything else;
 5. per finished run, the toy metrics (model/toy_eval.py) for every caption language; the table
-   (study.csv, study.md), plots, and scaling fits of the held-out caption loss per arm with
+   (study.json; study.md with the fits), plots, and scaling fits of the held-out caption loss per arm with
    confidence intervals (model/scaling.py).
 """
 from __future__ import annotations
@@ -152,7 +152,8 @@ def summarise(rows: list[dict], held_out: Sequence[str]) -> list[dict]:
     for row in rows:
         groups.setdefault((row["split"], row["size"], row["steps"]), []).append(row)
     table = []
-    for (arm, size, steps), runs in sorted(groups.items(), key=lambda item: (ARMS.index(item[0][0]), item[0][1:])):
+    by_order = lambda item: (ARMS.index(item[0][0]), item[1][0]["params"], item[0][2])  # arm, model size, steps
+    for (arm, size, steps), runs in sorted(groups.items(), key=by_order):
         line = {"arm": arm, "size": size, "params": runs[0]["params"], "steps": steps, "seeds": len(runs),
                 "C": fmean(r["C"] for r in runs)}
         for name in METRICS:
@@ -184,7 +185,7 @@ def plot(table: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted({t["size"] for t in table})
+    sizes = list(dict.fromkeys(t["size"] for t in table))  # the table's order: by parameters
     fig, axes = plt.subplots(2, len(sizes), figsize=(4.5 * len(sizes), 7), squeeze=False)
     for column, size in enumerate(sizes):
         for row, (metric, label) in enumerate((("held_out_target_language_share", "answers in the held-out language"),
@@ -218,6 +219,29 @@ def fit_arms(out: Path, rows: list[dict], held_out: Sequence[str]) -> dict:
             fits[arm]["params_samples"] = result.params_samples.to_dict()
     (out / "fits.json").write_text(json.dumps(fits, indent=2, sort_keys=True))
     return fits
+
+
+def _exponent(fit: dict, variable: str) -> str:
+    value = fit["log10"][variable]
+    return f"{variable}^{value['value']:+.2f} [{value['low']:+.2f}, {value['high']:+.2f}]"
+
+
+def fits_markdown(fits: dict) -> str:
+    """The fits per arm: exponents with their intervals (fits.json's confidence), r² and rows fitted."""
+    lines = ["| arm | held-out loss vs compute (frontier) | r² | n | held-out loss vs P and S | r² | n |",
+             "|" + "---|" * 7]
+    for arm, laws in fits.items():
+        cells = [arm]
+        for law in ("compute", "params_samples"):
+            fit = laws.get(law, {})
+            if "unfitted" in fit or not fit:
+                cells += [f"not fitted: {fit.get('unfitted', 'no rows')}", "", ""]
+            else:
+                terms = " · ".join(_exponent(fit, v) for v in fit["variables"])
+                cells += [f"L ∝ {terms}", f"{fit['r2']:.2f}", str(fit["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    confidence = next((f["confidence"] for laws in fits.values() for f in laws.values() if "confidence" in f), 0.95)
+    return "\n".join(lines) + f"\n\nExponents with {confidence:.0%} intervals.\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,9 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = measure_runs(out, rows, ["en", "de", *held_out], args.eval_images)
     table = summarise(rows, held_out)
     (out / "study.json").write_text(json.dumps({"rows": rows, "table": table}, indent=2, ensure_ascii=False))
-    (out / "study.md").write_text(markdown(table))
     plot(table, out / "study.png")
     fits = fit_arms(out, rows, held_out)
+    (out / "study.md").write_text(markdown(table) + "\n" + fits_markdown(fits))
     wall = {"data_s": round(data_s), "train_s": round(train_s), "total_s": round(time.monotonic() - started)}
     (out / "wall_clock.json").write_text(json.dumps(wall))
     print(markdown(table))

@@ -172,6 +172,8 @@ def test_the_study_runs_end_to_end_answers_a_language_only_its_data_teaches_and_
     for row in rows.values():  # every metric measured, per language
         for name in ("loss", "grounding_gap", "chrf", "attribute_accuracy"):
             assert all(isinstance(row[f"{name}/{lang}"], float) for lang in ("en", "de", "ru"))
-    assert (out / "study.md").read_text().count("| toy-s | 500 |") == 2
+    report = (out / "study.md").read_text()
+    assert report.count("| toy-s | 500 |") == 2
+    assert "| no_translation | not fitted: " in report  # one budget: no law to fit, said so in the fits table
     assert (out / "study.png").stat().st_size > 0
     assert set(json.loads((out / "fits.json").read_text())) == {"other_image", "no_translation"}
