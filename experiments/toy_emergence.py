@@ -42,7 +42,7 @@ from schemas.languages import LANGUAGE_NAMES  # noqa: E402
 FLORENZ_DATA = str(Path(sys.executable).with_name("florenz-data"))
 ARMS = ("other_image", "own_caption", "no_translation", "captioned")
 SEEN = ("en", "de")  # captioned in every arm
-METRICS = ("loss", "grounding_gap", "target_language_share", "chrf", "attribute_accuracy")
+METRICS = ("loss", "grounding_gap", "target_language_share", "chrf", "attribute_accuracy", "content_accuracy")
 
 
 def _run(cmd: Sequence[str], log: Path) -> None:
@@ -167,14 +167,15 @@ def summarise(rows: list[dict], held_out: Sequence[str]) -> list[dict]:
 
 
 def markdown(table: list[dict]) -> str:
-    head = ("| arm | size | steps | seeds | held-out in target language | attribute acc. | chrF | "
-            "grounding gap (held-out / seen) | held-out loss |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| arm | size | steps | seeds | held-out in target language | attribute acc. | content acc. (any language) "
+            "| chrF | grounding gap (held-out / seen) | held-out loss |")
+    lines = [head, "|" + "---|" * 10]
     for t in table:
         low, high = t["held_out_target_language_share_range"]
         lines.append(f"| {t['arm']} | {t['size']} | {t['steps']} | {t['seeds']} | "
                      f"{t['held_out_target_language_share']:.2f} ({low:.2f}–{high:.2f}) | "
-                     f"{t['held_out_attribute_accuracy']:.2f} | {t['held_out_chrf']:.1f} | "
+                     f"{t['held_out_attribute_accuracy']:.2f} | {t['held_out_content_accuracy']:.2f} | "
+                     f"{t['held_out_chrf']:.1f} | "
                      f"{t['held_out_grounding_gap']:+.3f} / {t['seen_grounding_gap']:+.3f} | {t['held_out_loss']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -186,10 +187,12 @@ def plot(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = list(dict.fromkeys(t["size"] for t in table))  # the table's order: by parameters
-    fig, axes = plt.subplots(2, len(sizes), figsize=(4.5 * len(sizes), 7), squeeze=False)
+    panels = (("held_out_target_language_share", "answers in the held-out language"),
+              ("held_out_attribute_accuracy", "held-out attribute accuracy"),
+              ("held_out_content_accuracy", "held-out content (any language)"))
+    fig, axes = plt.subplots(len(panels), len(sizes), figsize=(4.5 * len(sizes), 3.5 * len(panels)), squeeze=False)
     for column, size in enumerate(sizes):
-        for row, (metric, label) in enumerate((("held_out_target_language_share", "answers in the held-out language"),
-                                               ("held_out_attribute_accuracy", "held-out attribute accuracy"))):
+        for row, (metric, label) in enumerate(panels):
             ax = axes[row][column]
             for arm in ARMS:
                 points = sorted((t["steps"], t[metric]) for t in table if t["arm"] == arm and t["size"] == size)

@@ -7,7 +7,11 @@ better), so per caption language, on the eval images:
 - greedy captions, no decoder prefix (the language is the model's choice): `target_language_share`
   (answers the grammar reads as the asked language, transforms/toy_grammar.language_of),
   `chrf` against the exact reference, `attribute_accuracy` (shape, colour, size, position or relation
-  read back from the caption and compared with the scene the sample key names).
+  read back from the caption as the asked language and compared with the scene the sample key names:
+  right content in the right language), and `content_accuracy` (the same, read in whichever language
+  the caption is written in: the content alone, whatever language the model chose).
+  Content is read this way rather than after a forced target-language decoder prefix: the toy grammar
+  has no content-free opening to force (French "Un"/"Une" already names the shape's gender).
 References are the grammar's captions of the eval images' scenes, so arms whose plans label different
 languages are scored alike.
 """
@@ -92,6 +96,8 @@ def toy_metrics(config: TrainConfig, checkpoint: Path, languages: Sequence[str],
             "target_language_share": fmean(language_of(h) == lang for h in hypotheses),
             "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
             "attribute_accuracy": fmean(attribute_accuracy(h, lang, s) for h, s in zip(hypotheses, scenes)),
+            "content_accuracy": fmean(attribute_accuracy(h, written, s) if (written := language_of(h)) else 0.0
+                                      for h, s in zip(hypotheses, scenes)),
             "examples": [{"key": e.key, "hypothesis": h, "reference": r}
                          for e, h, r in list(zip(examples, hypotheses, references))[:3]],
         }
