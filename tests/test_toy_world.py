@@ -170,7 +170,7 @@ def test_the_study_runs_end_to_end_answers_a_language_only_its_data_teaches_and_
         assert row["grounding_gap/en"] > 0.1 and row["grounding_gap/de"] > 0.1, row
     assert rows["other_image"]["seed"] == 0 and rows["other_image"]["steps"] == 500
     for row in rows.values():  # every metric measured, per language
-        for name in ("loss", "grounding_gap", "chrf", "attribute_accuracy"):
+        for name in ("loss", "grounding_gap", "chrf", "attribute_accuracy", "content_accuracy"):
             assert all(isinstance(row[f"{name}/{lang}"], float) for lang in ("en", "de", "ru"))
     report = (out / "study.md").read_text()
     assert report.count("| toy-s | 500 |") == 2
