@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16's GPU measurements in one device call, on what scripts/device/prepare.sh put in .device/:
 #   run  command: bash scripts/device/issue16.sh   carry: [".device"]   timeout_s: 600
-# In order, each under its own timeout and all inside BUDGET_S (default 500 s), each step's output tee'd
+# In order, each under its own timeout and all inside BUDGET_S (default 540 s), each step's output tee'd
 # to $OUT/<step>.txt as it runs (so a killed step still brings back what it printed):
 #   env                    GPU, driver, torch/transformers, cores; the carried wheels installed (--no-deps,
 #                          into a --target folder on PYTHONPATH) and the imports of every step checked
@@ -26,7 +26,7 @@ smoke=false
 OUT=${OUT:-/tmp/issue16-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false FLORENZ_SHARED_DATA=$PWD/.device/data
-budget=${BUDGET_S:-500}
+budget=${BUDGET_S:-540}
 start=$SECONDS
 
 if $smoke; then
@@ -123,8 +123,8 @@ if ! grep -q "^env: exit 0" "$OUT/summary.txt"; then
   echo "the environment is not usable (env.txt): nothing else run" | tee -a "$OUT/summary.txt"
   exit 1
 fi
-step train_throughput 200 "$PY" benchmarks/train_throughput.py "${bench_args[@]}"
-step train_profile 150 "$PY" benchmarks/train_profile.py "${profile_args[@]}"
+step train_throughput 240 "$PY" benchmarks/train_throughput.py "${bench_args[@]}"
+step train_profile 130 "$PY" benchmarks/train_profile.py "${profile_args[@]}"
 step train_e2e 150 bash -c train_e2e
 step loader_throughput 90 "$PY" benchmarks/loader_throughput.py --output .device/out "${loader_args[@]}"
 echo "total $((SECONDS - start))s of ${budget}s" | tee -a "$OUT/summary.txt"
