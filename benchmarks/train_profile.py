@@ -15,7 +15,6 @@ First the loss' elementwise part on one chunk, eager vs compiled; then per size:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import sys
 from pathlib import Path
@@ -166,5 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
+    sys.exit(main())
