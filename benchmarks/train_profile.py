@@ -15,19 +15,17 @@ First the loss' elementwise part on one chunk, eager vs compiled; then per size:
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.train_throughput import config_for, seconds_per_step, synthetic_batch  # noqa: E402
+from benchmarks.train_throughput import benchmark_step, seconds_per_step, training_setup  # noqa: E402
 from model.losses import CHUNK_ROWS, chunk_losses, compiled_chunk_losses  # noqa: E402
 from model.modeling import FlorenzModel  # noqa: E402
-from model.optim import optimizer_for  # noqa: E402
 from model.sizes import GEMMA2_VOCAB  # noqa: E402
-from model.step import compile_regions, to_device, train_step  # noqa: E402
+from model.step import compile_regions  # noqa: E402
 
 VARIANTS = ("eager", "tower_compiled", "loss_compiled", "blocks_compiled", "compiled")
 PHASES = ("image", "encoder", "decoder", "loss", "backward", "optimizer")
@@ -35,11 +33,7 @@ PHASES = ("image", "encoder", "decoder", "loss", "backward", "optimizer")
 
 def build(size: str, batch_size: int, device: torch.device, variant: str):
     """The model, its optimizer and a train_step closure over one synthetic batch, compiled as `variant` says."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = FlorenzModel(config_for(size))
-    model.set_trainable()
-    model.train()
+    model, optimizer, inputs = training_setup(size, batch_size, 224, 24, 32, device)
     if variant == "compiled":
         compile_regions(model)
     elif variant == "tower_compiled":
@@ -49,13 +43,7 @@ def build(size: str, batch_size: int, device: torch.device, variant: str):
     elif variant == "blocks_compiled":
         for block in model.blocks():
             block.compile()
-    optimizer = optimizer_for(model, 1e-4, 0.01, (0.9, 0.999), device)
-    config = model.config
-    batch = synthetic_batch(batch_size, 224, 24, 32, config.florence.text_config.vocab_size, config.decoder_vocab_size)
-    inputs = to_device(batch, device)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    step = lambda: train_step(model, model, optimizer, None, itertools.repeat(inputs), 1, 1.0, autocast)
-    return model, optimizer, step
+    return model, optimizer, lambda: benchmark_step(model, model, optimizer, inputs, device)
 
 
 def decoder_stack(model: FlorenzModel) -> torch.nn.Module:

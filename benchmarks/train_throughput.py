@@ -33,7 +33,7 @@ from model.losses import reference_token_losses  # noqa: E402
 from model.modeling import FlorenzModel  # noqa: E402
 from model.optim import optimizer_for  # noqa: E402
 from model.sizes import FLORENCE2_VOCAB, GEMMA2_VOCAB, florenz_config  # noqa: E402
-from model.step import compile_regions, to_device, train_step  # noqa: E402
+from model.step import StepResult, compile_regions, to_device, train_step  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks (SXM)
 VARIANTS = ("before", "after")
@@ -94,24 +94,37 @@ def seconds_per_step(step: Callable[[], object], steps: int, warmup: int, device
     return (time.perf_counter() - start) / steps
 
 
+def training_setup(size: str, batch_size: int, image_size: int, prompt: int, target: int, device: torch.device
+                   ) -> tuple[FlorenzModel, torch.optim.Optimizer, dict]:
+    """A random model of `size` in training mode under the paper's freezing, its AdamW, and one synthetic
+    batch on `device`: what every benchmark row trains."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = FlorenzModel(config_for(size))
+    model.set_trainable()
+    model.train()
+    optimizer = optimizer_for(model, 1e-4, 0.01, (0.9, 0.999), device)
+    config = model.config
+    batch = synthetic_batch(batch_size, image_size, prompt, target, config.florence.text_config.vocab_size,
+                            config.decoder_vocab_size)
+    return model, optimizer, to_device(batch, device)
+
+
+def benchmark_step(forward, model: FlorenzModel, optimizer: torch.optim.Optimizer, inputs: dict,
+                   device: torch.device) -> StepResult:
+    """One train_step on `inputs` under bf16 autocast, as the loop runs it (no accumulation, clip 1.0)."""
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return train_step(forward, model, optimizer, None, itertools.repeat(inputs), 1, 1.0, autocast)
+
+
 def measure(size: str, variant: str, batch_size: int, steps: int, warmup: int, image_size: int, prompt: int,
             target: int, device: torch.device, compile_backend: str | None) -> dict:
     """One (size, variant, batch) row: samples/s, tokens/s, FLOPs per sample by part, peak memory."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = FlorenzModel(config_for(size))
-    model.set_trainable()
-    model.train()
+    model, optimizer, inputs = training_setup(size, batch_size, image_size, prompt, target, device)
     flops = training_flops(model, image_size, prompt, target, labelled_tokens=target)
-    optimizer = optimizer_for(model, 1e-4, 0.01, (0.9, 0.999), device)
-    config = model.config
-    batch = synthetic_batch(batch_size, image_size, prompt, target, config.florence.text_config.vocab_size,
-                            config.decoder_vocab_size)
-    inputs = to_device(batch, device)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     if variant == "before":
         model.vision_tower.train()  # as it was: the frozen parts left in training mode
         model.projector.train()
@@ -122,7 +135,7 @@ def measure(size: str, variant: str, batch_size: int, steps: int, warmup: int, i
         forward = model
 
     def step() -> None:
-        result = train_step(forward, model, optimizer, None, itertools.repeat(inputs), 1, 1.0, autocast)
+        result = benchmark_step(forward, model, optimizer, inputs, device)
         if variant == "before":
             result.loss.item()  # the loop read the loss back every step
 

@@ -89,15 +89,16 @@ def toy_metrics(config: TrainConfig, checkpoint: Path, languages: Sequence[str],
             hypotheses += [decoder_tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
         references = [e.annotation.target for e in examples]
         scenes = [scene_of_sample(e.key) for e in examples]
+        written = [language_of(h) for h in hypotheses]  # the language each caption is in (None: none of them)
         results[lang] = {
             "images": len(examples), "loss": fmean(right),
             "loss_shuffled": fmean(shuffled) if shuffled else None,
             "grounding_gap": fmean(shuffled) - fmean(right[:len(shuffled)]) if shuffled else None,
-            "target_language_share": fmean(language_of(h) == lang for h in hypotheses),
+            "target_language_share": fmean(w == lang for w in written),
             "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
             "attribute_accuracy": fmean(attribute_accuracy(h, lang, s) for h, s in zip(hypotheses, scenes)),
-            "content_accuracy": fmean(attribute_accuracy(h, written, s) if (written := language_of(h)) else 0.0
-                                      for h, s in zip(hypotheses, scenes)),
+            "content_accuracy": fmean(attribute_accuracy(h, w, s) if w else 0.0
+                                      for h, w, s in zip(hypotheses, written, scenes)),
             "examples": [{"key": e.key, "hypothesis": h, "reference": r}
                          for e, h, r in list(zip(examples, hypotheses, references))[:3]],
         }
